@@ -1,0 +1,2 @@
+/* batch.c: being written (placeholder so the build links) */
+#include "pylog_core.h"
