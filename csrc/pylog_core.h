@@ -104,10 +104,46 @@ typedef struct {
  *   PL_E_CAPACITY  infos_cap batches were filled and more follow: continue from
  *                  infos[infos_cap-1].position + size;
  *   other          the batch at err->batch_position is bad (a torn tail is PL_E_TRUNCATED);
- *                  *n_batches counts the good batches before it. */
+ *                  *n_batches counts the good batches before it.
+ * Checked in this order: batchLength in [49, 2^31-13] (PL_E_LENGTH), magic when its byte is
+ * there (PL_E_MAGIC), whole batch present (PL_E_TRUNCATED, error_position = len), CRC
+ * (PL_E_CRC, error_position = the crc field), codec <= 4 (PL_E_RECORD), lastOffsetDelta >= 0
+ * and recordCount against it (PL_E_COUNT), then records: a bad varint, null header key,
+ * stray byte or offset delta breaking the mode's rule is PL_E_RECORD, a length below -1 or
+ * past its record PL_E_LENGTH, too few or too many records PL_E_COUNT. Messages read
+ * "batch I at byte P: [record R at byte Q: ]detail". */
 int pl_batches_validate(const uint8_t *buf, size_t len, uint32_t flags,
                         pl_batch_info *infos, size_t infos_cap, size_t *n_batches,
                         pl_error *err);
+
+/* The same, starting at buf[start] (a batch boundary) with every position (infos[].position,
+ * err->batch_position, err->error_position) still counted from buf[0]; err->batch_index counts
+ * from the batch at start. On PL_E_CAPACITY err->error_position is where to start next. */
+int pl_batches_validate_at(const uint8_t *buf, size_t len, size_t start, uint32_t flags,
+                           pl_batch_info *infos, size_t infos_cap, size_t *n_batches,
+                           pl_error *err);
+
+/* Continue a validation that stopped with PL_E_CAPACITY, into a larger array: on entry
+ * infos[0..*n_batches) hold the batches already validated (as filled by an earlier call on
+ * the same buf), and validation resumes after the last of them, filling infos[*n_batches..
+ * infos_cap) and counting them in *n_batches. Positions and batch indexes stay those of the
+ * whole buffer. With *n_batches == 0 on entry it is pl_batches_validate. */
+int pl_batches_resume(const uint8_t *buf, size_t len, uint32_t flags, pl_batch_info *infos,
+                      size_t infos_cap, size_t *n_batches, pl_error *err);
+
+/* Read one batch header (info->position = 0) without CRC or record checks: batchLength in
+ * [49, 2^31-13] (PL_E_LENGTH), 61 bytes present (PL_E_TRUNCATED), magic 2 (PL_E_MAGIC).
+ * The batch's body need not be in buf: for scans that pread headers only. */
+int pl_batch_peek(const uint8_t *buf, size_t len, pl_batch_info *info, pl_error *err);
+
+/* For Fetch, over log bytes that were validated when appended: walk batch lengths only (no
+ * CRC, no records) and give in *end the end of the last whole batch inside buf[0..len) and in
+ * *count how many batches that is. *next_size is the whole size of the batch starting at
+ * *end when its length field is in buf (so a caller can read it whole), 0 when *end == len,
+ * -1 when fewer than 12 of its bytes are there. PL_OK even when the buffer ends inside a
+ * batch; PL_E_LENGTH / PL_E_MAGIC for a bad length or magic (*end, *count: the prefix). */
+int pl_batches_fit(const uint8_t *buf, size_t len, size_t *end, size_t *count,
+                   int64_t *next_size, pl_error *err);
 
 /* Validate a records section (an uncompressed batch's bytes after the 61-byte header, or a
  * compressed batch's payload after decompression) against its batch's header fields. */
@@ -207,7 +243,7 @@ typedef struct {
 } pl_segment;
 
 /* Append whole, already validated and stamped batches buf[0..len) at seg->log_size with
- * write(2) (retrying partial writes and EINTR), then add index/time-index entries and move
+ * pwrite(2) (retrying partial writes and EINTR), then add index/time-index entries and move
  * next_offset, log_size, max_timestamp. infos/n_infos are the batches as pl_batches_validate
  * reported them. PL_E_OFFSET if the first batch starts below next_offset or an offset leaves
  * the 32-bit relative range; PL_E_FULL if the log would pass 2^31-1 bytes or an index is full
@@ -230,9 +266,36 @@ int pl_segment_lookup_time(const pl_segment *seg, int64_t timestamp, int64_t *po
  * entries, next_offset and max timestamp for them. Stops at the end of the file or at the first
  * bad or torn batch: *valid_end is then the end of the last good batch and err says what is
  * wrong (status PL_OK if the file simply ended). PL_E_CAPACITY with err->error_position = the
- * size needed if one batch is larger than scratch. The caller truncates the file and logs. */
+ * size needed if one batch is larger than scratch. The caller truncates the file and logs.
+ * Details: the state for [0, start_position) comes from pl_segment_load(seg, start_position)
+ * (0 resets it; its failure is returned as is: recover from 0 then). The walk's outcome is in
+ * err even though PL_OK is returned: err->status (PL_OK: the file ended), err->batch_position
+ * (the bad batch), err->batch_index (batches walked in this call). Only a failure to run
+ * returns non-OK: PL_E_IO, PL_E_ARG, PL_E_FULL (an index too small for the log: give it room
+ * for log_size / max(index_interval_bytes, 61) + 1 entries), or PL_E_CAPACITY: the segment then
+ * describes the batches before err->batch_position; grow scratch and call again from there. */
 int pl_segment_recover(pl_segment *seg, int64_t start_position, uint8_t *scratch,
                        size_t scratch_cap, int64_t *valid_end, pl_error *err);
+
+/* Make the in-memory state describe exactly the batches in [0, end_position) without reading
+ * their bodies: keeps the leading index entries that are plausible (strictly increasing, below
+ * end_position), checks the last kept entry of each index against the batch header it names,
+ * drops the rest, then walks batch headers (pread) from the last kept .index entry to
+ * end_position, re-adding missing entries by the append rule, and sets next_offset, log_size =
+ * end_position, bytes_since_index and the max timestamp. Dropped entries are zeroed in the maps.
+ * Set index_entries/timeindex_entries to the entries the files may hold before calling (e.g.
+ * file size / entry size). A header chain that does not end exactly at end_position
+ * (PL_E_TRUNCATED, PL_E_LENGTH, PL_E_MAGIC) or an index that contradicts the log (PL_E_OFFSET)
+ * is an error: the caller recovers from 0 instead. end_position must be a batch boundary. */
+int pl_segment_load(pl_segment *seg, int64_t end_position, pl_error *err);
+
+/* For a read bounded by a byte budget: *length = the bytes of the whole batches from
+ * start_position that end at or before end_position and span at most max_bytes, but at least
+ * the first batch whole (KIP-74: a fetch always makes progress) when start < end. Both
+ * positions must be batch boundaries with start <= end <= log_size; walks headers from the last
+ * index entry inside the budget, so it reads at most about interval bytes plus one batch. */
+int pl_segment_read_span(const pl_segment *seg, int64_t start_position, int64_t end_position,
+                         int64_t max_bytes, int64_t *length, pl_error *err);
 
 /* Truncate the in-memory view to `offset` (the first offset to drop): drop index entries at or
  * past it and set *position to where the .log must be cut (the caller calls ftruncate). */
