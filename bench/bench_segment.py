@@ -213,6 +213,22 @@ def test_lookup_in_full_segment(benchmark, full_segment):
         round(benchmark.stats.stats.median / len(offsets) * 1e6, 2)
 
 
+def test_lookup_time_in_full_segment(benchmark, full_segment):
+    seg, offsets = full_segment
+    benchmark.group = "segment lookup"
+    # the records' timestamps are TIMESTAMP + offset within each 1 MiB buffer
+    stamps = [TIMESTAMP + offset % 900 for offset in offsets]
+
+    def lookups():
+        for ts in stamps:
+            seg.lookup_time(ts)
+
+    benchmark(lookups)
+    benchmark.extra_info["time index entries"] = seg.timeindex_entries
+    benchmark.extra_info["us per lookup"] = \
+        round(benchmark.stats.stats.median / len(stamps) * 1e6, 2)
+
+
 def test_fetch_read_1mib(benchmark, full_segment):
     """What a Fetch does in the storage layer: lookup, bound to whole batches, pread 1 MiB."""
     seg, offsets = full_segment

@@ -224,6 +224,10 @@ int pl_records_decode(const uint8_t *recs, size_t len, int32_t record_count,
  *
  * .index entry (8 bytes):  relative offset u32, file position u32 (of the batch holding it)
  * .timeindex entry (12):   timestamp i64, relative offset u32
+ * A batch gets an .index entry when at least index_interval_bytes were appended since the
+ * previous entry (position 0 is implied, so the first batch never does); the .timeindex gets
+ * (max timestamp so far, its batch's last offset) at those moments when the maximum rose. The
+ * whole rule, shared by append, load and recovery, is at the top of csrc/segment.c.
  */
 typedef struct {
     int log_fd;
@@ -280,13 +284,19 @@ int pl_segment_recover(pl_segment *seg, int64_t start_position, uint8_t *scratch
 /* Make the in-memory state describe exactly the batches in [0, end_position) without reading
  * their bodies: keeps the leading index entries that are plausible (strictly increasing, below
  * end_position), checks the last kept entry of each index against the batch header it names,
- * drops the rest, then walks batch headers (pread) from the last kept .index entry to
- * end_position, re-adding missing entries by the append rule, and sets next_offset, log_size =
- * end_position, bytes_since_index and the max timestamp. Dropped entries are zeroed in the maps.
- * Set index_entries/timeindex_entries to the entries the files may hold before calling (e.g.
- * file size / entry size). A header chain that does not end exactly at end_position
- * (PL_E_TRUNCATED, PL_E_LENGTH, PL_E_MAGIC) or an index that contradicts the log (PL_E_OFFSET)
- * is an error: the caller recovers from 0 instead. end_position must be a batch boundary. */
+ * drops the rest, then walks batch headers (pread) from the batch the last kept .timeindex
+ * entry names to end_position, checking the kept .index entries it meets, re-adding missing
+ * entries of both indexes by the append rule, and sets next_offset, log_size = end_position,
+ * bytes_since_index and the max timestamp (segment.c explains why that walk suffices).
+ * Dropped entries are zeroed in the maps. Set index_entries/timeindex_entries to the entries
+ * the files may hold before calling (e.g. file size / entry size). A header chain that does
+ * not end exactly at end_position (PL_E_TRUNCATED, PL_E_LENGTH, PL_E_MAGIC), a log file
+ * shorter than end_position (PL_E_TRUNCATED) or an index that contradicts the log
+ * (PL_E_OFFSET) is an error: the caller recovers from 0 instead. PL_E_FULL: the maps need room
+ * for log_size / max(index_interval_bytes, 61) + 1 entries. end_position must be a batch
+ * boundary. Lookups (and read_span) check the index entry they start from against the batch
+ * it names and return PL_E_OFFSET if it does not match: a damaged index is never a wrong
+ * answer. */
 int pl_segment_load(pl_segment *seg, int64_t end_position, pl_error *err);
 
 /* For a read bounded by a byte budget: *length = the bytes of the whole batches from

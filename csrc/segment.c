@@ -32,15 +32,23 @@
  *     last entry with T <= t. Timestamps below 0 (-1: none) never make an entry;
  *   - right after the event at position p_k the last .timeindex entry is (max_timestamp,
  *     offset_of_max_timestamp) of the batches up to and including p_k's, and any entry of a
- *     later event names an offset past p_k's batch. So the state of a prefix [0, end) of the
- *     log is: the .index entries below end, the .timeindex entries up to the last offset of
- *     the batch at the last kept .index entry, and a walk of the batch headers from that entry
- *     to end (pl_segment_load). Truncation and recovery restart from such a prefix.
+ *     later event names an offset past p_k's batch.
  *
- * Trust. load() trusts index entries that are plausible (strictly increasing, inside the
- * prefix) and checks the last kept one of each file against the batch header it names: that
- * catches a stale, zero-filled or garbage index (Kafka's sanity check does the same). It does
- * not check CRCs: that is what recovery is for, from the caller's recovery point.
+ * Loading a prefix [0, end) (pl_segment_load, used by open, truncation and recovery). Keep the
+ * .index entries below end and the .timeindex entries up to the last offset of the batch at
+ * the last kept .index entry. The last kept .timeindex entry (T, o) fixes the running maximum
+ * at o's batch, so walk the batch headers from o's batch (from 0 if no entry is kept) to end:
+ * before the last kept .index entry the events are where the kept entries say (each checked
+ * against the batch it names), after it the rule decides; .timeindex entries the events want
+ * and the file lacks are written. The walk is short in practice (timestamps rise, so o is
+ * near the last event) and at worst the headers of the whole prefix.
+ *
+ * Trust. Open trusts index entries that are plausible (strictly increasing, inside the prefix)
+ * and checks the last kept entry of each file against the batch it names, as Kafka's sanity
+ * check does: that catches a stale, zero-filled, cut or garbage index, which is then rebuilt.
+ * It does not read every entry's batch (one pread per entry); instead every lookup checks the
+ * entry it starts from against the batch there, so a damaged entry in the middle gives
+ * PL_E_OFFSET, never a wrong position. CRCs are recovery's business, from the recovery point.
  */
 #include <errno.h>
 #include <stdarg.h>

@@ -12,7 +12,8 @@ import uuid
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from kio.index import load_request_schema, load_response_schema
+from pylog.protocol.codec import request_schema as load_request_schema
+from pylog.protocol.codec import response_schema as load_response_schema
 from kio.static.primitive import Records
 
 from pylog.protocol.codec import (
@@ -34,6 +35,7 @@ from pylog.protocol.errors import (
 )
 from pylog.protocol.framing import FrameDecoder
 from pylog.protocol.header import RequestHeader
+from pylog.protocol.legacy import LEGACY_VERSIONS
 from pylog.protocol.versions import ADVERTISED_VERSIONS, ApiKey, VersionRange, advertised
 
 PAIRS = [(int(key), version) for key, served in ADVERTISED_VERSIONS.items()
@@ -103,6 +105,15 @@ def representative(schema: type, minimal: bool = False, counter=None):
     return schema(**values)
 
 
+def as_sent(api_key: int, version: int, body):
+    """``body`` as the receiver sees it: a legacy version (DeleteTopics v0) sends no throttle
+    field, so it reads back as 0."""
+    legacy = LEGACY_VERSIONS.get((api_key, version))
+    if legacy is not None and legacy.response_without_leading_throttle:
+        return dataclasses.replace(body, throttle_time=datetime.timedelta(0))
+    return body
+
+
 def strip_size(framed: bytes) -> memoryview:
     decoder = FrameDecoder()
     decoder.feed(framed)
@@ -159,13 +170,16 @@ def test_response_round_trip(api_key, version, minimal):
     framed = encode_response(header, body)
     correlation_id, decoded = decode_response(api_key, version, strip_size(framed))
     assert correlation_id == -7
-    assert decoded == body
+    assert decoded == as_sent(api_key, version, body)
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
 @pytest.mark.parametrize("api_key,version", PAIRS, ids=PAIR_IDS)
 def test_bytes_agree_with_kafka_python(api_key, version, kafka_python):
     """kafka-python decodes our request and response bytes and re-encodes them identically."""
+    if (api_key, version) in LEGACY_VERSIONS:
+        pytest.skip("kafka-python 3's classes lack this version; tests/test_protocol_legacy.py"
+                    " checks it against kafka.protocol.old")
     body = representative(load_request_schema(api_key, version))
     ours = encode_request(api_key, version, 99, "client-x", body)
     theirs = kafka_python[(api_key, "request")][version].decode(ours, header=True, framed=True)
@@ -231,7 +245,8 @@ def test_generated_entities_round_trip(data, pair):
         return
     if api_key == ApiKey.API_VERSIONS and body.error_code == ErrorCode.UNSUPPORTED_VERSION:
         return            # decoded with the v0 layout on purpose; tested below
-    assert decode_response(api_key, version, strip_size(framed))[1] == body
+    assert decode_response(api_key, version, strip_size(framed))[1] == \
+        as_sent(api_key, version, body)
 
 
 # ---- errors ---------------------------------------------------------------------------------

@@ -59,7 +59,7 @@ def _seed_files(tmp_path):
 
 
 def test_hostile_bytes_under_sanitizers(hostile_binary, tmp_path):
-    iterations = int(os.environ.get("PYLOG_HOSTILE_ITERATIONS", "3000"))
+    iterations = int(os.environ.get("PYLOG_HOSTILE_ITERATIONS", "20000"))
     env = dict(os.environ, ASAN_OPTIONS="detect_leaks=1:abort_on_error=1",
                UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1", TMPDIR=str(tmp_path))
     proc = subprocess.run([str(hostile_binary), str(iterations), "12345", *_seed_files(tmp_path)],

@@ -766,7 +766,7 @@ def assert_correct_or_refused(seg: Segment, stored: list[Stored]) -> None:
             pass
 
 
-@settings(max_examples=3000, deadline=None,
+@settings(max_examples=60, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_hostile_index_files_beside_a_valid_log(tmp_path_factory, data):
@@ -812,7 +812,7 @@ def test_hostile_index_files_beside_a_valid_log(tmp_path_factory, data):
         seg.close()
 
 
-@settings(max_examples=3000, deadline=None,
+@settings(max_examples=60, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(log=st.binary(max_size=600), index=st.binary(max_size=64),
        timeindex=st.binary(max_size=64), recover_from=st.sampled_from([None, 0, 3]))

@@ -46,6 +46,7 @@ from pylog.protocol.header import (
     request_header_version,
     response_header_version,
 )
+from pylog.protocol.legacy import LEGACY_VERSIONS, THROTTLE_FIELD_BYTES
 from pylog.protocol.versions import ApiKey, VersionRange
 
 _INT16 = struct.Struct(">h")
@@ -91,7 +92,20 @@ class _ApiCodec(NamedTuple):
 
 @functools.cache
 def _codec(api_key: int, api_version: int) -> _ApiCodec:
-    """The kio schemas of (api_key, api_version); LookupError if kio has none."""
+    """The kio schemas of (api_key, api_version); LookupError if kio has none.
+
+    A version kio lacks but ``legacy`` maps onto one it has (DeleteTopics v0) gets that
+    version's codec, with the response's leading throttle field dropped on write and supplied
+    (as 0) on read.
+    """
+    legacy = LEGACY_VERSIONS.get((api_key, api_version))
+    if legacy is not None:
+        borrowed = _codec(api_key, legacy.schema_version)
+        if not legacy.response_without_leading_throttle:
+            return borrowed
+        return borrowed._replace(
+            read_response=_reader_supplying_throttle(borrowed.read_response),
+            write_response=_writer_dropping_throttle(borrowed.write_response))
     try:
         request_schema = load_request_schema(api_key, api_version)
         response_schema = load_response_schema(api_key, api_version)
@@ -108,6 +122,38 @@ def _codec(api_key: int, api_version: int) -> _ApiCodec:
         write_request=entity_writer(request_schema),
         write_response=entity_writer(response_schema),
     )
+
+
+def _writer_dropping_throttle(write: Writer) -> Writer:
+    """A kio writer that leaves out the leading INT32 throttle_time_ms of what ``write``
+    writes (legacy.py)."""
+    def write_without_throttle(out: Any, body: Any) -> None:
+        scratch = io.BytesIO()
+        write(scratch, body)
+        out.write(scratch.getbuffer()[THROTTLE_FIELD_BYTES:])
+    return write_without_throttle
+
+
+def _reader_supplying_throttle(read: Reader) -> Reader:
+    """A kio reader for a body that lacks the leading throttle_time_ms ``read`` expects: it
+    reads a copy with a zero throttle put in front (legacy.py)."""
+    def read_with_throttle(view: Any, position: int) -> tuple[Any, int]:
+        padded = memoryview(bytes(THROTTLE_FIELD_BYTES) + bytes(view[position:]))
+        body, consumed = read(padded, 0)
+        return body, consumed - THROTTLE_FIELD_BYTES
+    return read_with_throttle
+
+
+def request_schema(api_key: int, api_version: int) -> type:
+    """The kio request class that carries (api_key, api_version), legacy versions included;
+    LookupError if there is none."""
+    return _codec(api_key, api_version).request_schema
+
+
+def response_schema(api_key: int, api_version: int) -> type:
+    """The kio response class to build for (api_key, api_version), legacy versions included
+    (for DeleteTopics v0, v1's class: its throttle field is not sent); LookupError if none."""
+    return _codec(api_key, api_version).response_schema
 
 
 def _readonly(frame: bytes | bytearray | memoryview) -> memoryview:

@@ -10,9 +10,10 @@ shape it:
   the maxima and then hard-code versions, so a range is downward-closed (every version from
   floor to max is served) and the set reads as one real Kafka release (2.4).
 - Where kio (generated from Kafka 4's schemas, which dropped old versions by KIP-896) has no
-  schema, the floor is Kafka 4's floor: CreateTopics 2, DeleteTopics 1, OffsetForLeaderEpoch 2.
+  schema, the floor is Kafka 4's floor: CreateTopics 2, OffsetForLeaderEpoch 2.
   CreateTopics 2-4 is the range KAFKA-PROTOCOL.md verified with all seven clients; no client
-  ever sent CreateTopics v0/v1.
+  ever sent CreateTopics v0/v1. DeleteTopics v0 (asked for by the issue) is v1 without the
+  response's throttle field and is served through v1's schemas (``legacy``).
 
 The broker advertises only the keys it has handlers for: ``advertised(implemented_keys)``.
 """
@@ -73,7 +74,7 @@ ADVERTISED_VERSIONS: Mapping[ApiKey, VersionRange] = MappingProxyType({
     ApiKey.OFFSET_FETCH: VersionRange(1, 5),
     ApiKey.CREATE_TOPICS: VersionRange(2, 4),
     ApiKey.INIT_PRODUCER_ID: VersionRange(0, 1),
-    ApiKey.DELETE_TOPICS: VersionRange(1, 3),
+    ApiKey.DELETE_TOPICS: VersionRange(0, 3),
     ApiKey.OFFSET_FOR_LEADER_EPOCH: VersionRange(2, 3),
     ApiKey.LIST_GROUPS: VersionRange(0, 2),
     ApiKey.DESCRIBE_GROUPS: VersionRange(0, 4),

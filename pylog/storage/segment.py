@@ -16,8 +16,11 @@ active segment), so rolled segments are never expanded.
 
 Opening. With ``recover_from=None`` the index files are trusted if ``pl_segment_load`` accepts
 them: it keeps their plausible prefix, checks the last entry of each against the batch header
-it names and walks headers from there to the end of the .log (no CRC). A preallocated index
-left by a crash has a zero tail, which simply ends the plausible prefix. If the files are
+it names and walks headers from about there to the end of the .log (no CRC), re-adding entries
+the files lack. A preallocated index left by a crash has a zero tail, which simply ends the
+plausible prefix. Entries in the middle are not read back on open (as in Kafka); each lookup
+checks the entry it uses, so a damaged one raises OffsetError rather than answering wrong. If
+the files are
 missing, have a size that is not a multiple of the entry size, contradict the log, or the log's
 header chain does not end at the end of the file (a torn tail), the whole segment is recovered
 from position 0. With ``recover_from=offset`` (normally the log's recovery point) recovery
@@ -571,7 +574,8 @@ class Segment:
 
     def lookup(self, offset: int) -> int:
         """Position of the batch holding ``offset``, or of the first batch after it; ``size``
-        if there is none."""
+        if there is none. OffsetError if the index entry it starts from does not match the
+        log (a damaged index file)."""
         out = self._out
         check(lib.pl_segment_lookup(self._seg, offset, out, self._err), self._err)
         return out[0]
