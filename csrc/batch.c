@@ -27,6 +27,7 @@
 #include <string.h>
 
 #include "pylog_core.h"
+#include "crc32c_internal.h"
 
 #define MAGIC_V2 2
 #define MIN_BATCH_LENGTH (PL_BATCH_HEADER_SIZE - PL_BATCH_OVERHEAD) /* 49 */
@@ -419,37 +420,147 @@ static int check_offset_delta(walker *w, size_t at, int32_t delta, int32_t previ
 
 /* ---- the fast path ------------------------------------------------------------------------
  * Validation only: one tight loop over the records that answers "certainly valid" (1) or "look
- * closer" (0). It accepts nothing the detailed walker below rejects (the same bounds and rules,
- * checked in the same order); on any doubt it says 0 and the detailed walker runs to find and
- * describe the fault. This keeps error reporting out of the per-record path: the detailed walker
- * costs about three times as much per record. */
+ * closer" (0). It accepts nothing the detailed walker below rejects (the same bounds and rules);
+ * on any doubt it says 0 and the detailed walker runs to find and describe the fault. This keeps
+ * error reporting out of the per-record path: the detailed walker costs about three times as
+ * much per record.
+ *
+ * Theory of operation (reads without bounds). The walk costs what its instructions cost, and
+ * half of them were bounds checks, so a record that ends at least FAST_SLACK bytes before the
+ * records section does is read by fast_record, which does not check each varint against the
+ * record's end. That is safe and exact because:
+ *   - a record's fields start at q <= end (its length was checked), and every step moves q
+ *     forward: a varint by at most 5 bytes (the timestamp varlong 10), a key, value or header
+ *     key of length n only when n <= end - q, a null value by its 1-byte varint alone;
+ *   - so the reads go at most 10 + 5 + 5 + 5 + 5 + 5 = 35 bytes past `end` (timestamp, offset
+ *     delta, key, value, header count, then a header key, whose length check fails for any
+ *     q > end), which is inside the section when end <= its end - FAST_SLACK;
+ *   - a field that ran past `end`, which the detailed walker rejects with a bounded read,
+ *     leaves q > end for good, so the final q == end check rejects the record too.
+ * The last records, those within FAST_SLACK of the section's end, take fast_tail, whose reads
+ * are all bounded by their record.
+ *
+ * Zigzag values are checked raw where that is shorter: odd is negative (1 is -1, null), an even
+ * zz is zz / 2, and offset delta i is zz == 2 i. */
 
-static inline int fast_uleb(const uint8_t **pp, const uint8_t *end, int max_bytes,
-                            uint64_t *out)
+#define FAST_SLACK 64
+
+/* A varint of 3 or more bytes at p (max_bytes readable): NULL if it breaks read_uleb's rule.
+ * Out of line: the two common lengths stay in fast_varint's few instructions. */
+__attribute__((noinline)) static const uint8_t *fast_varint_long(const uint8_t *p,
+                                                                   int max_bytes,
+                                                                   uint64_t *out)
 {
-    const uint8_t *p = *pp;
-    if (p < end && p[0] < 0x80) {
-        *out = p[0];
-        *pp = p + 1;
-        return 1;
-    }
-    if (end - p >= 2 && p[1] < 0x80) { /* two bytes: every length below 8 KiB */
-        *out = (uint64_t)(p[0] & 0x7f) | ((uint64_t)p[1] << 7);
-        *pp = p + 2;
-        return 1;
-    }
     size_t pos = 0;
-    if (read_uleb(p, (size_t)(end - p), &pos, max_bytes, out) != VARINT_OK)
+    if (read_uleb(p, (size_t)max_bytes, &pos, max_bytes, out) != VARINT_OK)
+        return NULL;
+    return p + pos;
+}
+
+/* A varint at p, max_bytes of them readable: where it ends, or NULL if it is too long. */
+static inline const uint8_t *fast_varint(const uint8_t *p, int max_bytes, uint64_t *out)
+{
+    uint32_t b0 = p[0];
+    if (b0 < 0x80) {
+        *out = b0;
+        return p + 1;
+    }
+    uint32_t b1 = p[1];
+    if (b1 < 0x80) { /* two bytes: every length below 8 KiB */
+        *out = (b0 & 0x7f) | (b1 << 7);
+        return p + 2;
+    }
+    return fast_varint_long(p, max_bytes, out);
+}
+
+/* A key, value or header field at p: where it ends, or NULL if its length is negative (other
+ * than a null where nullable) or runs past `end`. */
+static inline const uint8_t *fast_field(const uint8_t *p, const uint8_t *end, int nullable)
+{
+    uint64_t raw;
+    p = fast_varint(p, VARINT_MAX_BYTES, &raw);
+    if (p == NULL)
+        return NULL;
+    uint32_t zz = (uint32_t)raw;
+    if (zz & 1)
+        return nullable && zz == 1 ? p : NULL;
+    if ((ptrdiff_t)(zz >> 1) > end - p)
+        return NULL;
+    return p + (zz >> 1);
+}
+
+/* Record `index` at p (p < safe): where the next record starts, NULL if in doubt, or p itself
+ * if this record ends past `safe` (fast_tail takes it). In lenient mode *previous is the
+ * offset delta before it. Always inlined: a call per record costs a tenth of the walk. */
+__attribute__((always_inline)) static inline const uint8_t *
+fast_record(const uint8_t *p, const uint8_t *safe, int32_t index, int32_t *previous,
+            int32_t last_offset_delta, int strict)
+{
+    uint64_t raw;
+    const uint8_t *q = fast_varint(p, VARINT_MAX_BYTES, &raw);
+    if (q == NULL)
+        return NULL;
+    uint32_t zz = (uint32_t)raw;
+    if ((zz & 1) || zz == 0) /* negative, or 0: no attributes byte */
+        return NULL;
+    if ((ptrdiff_t)(zz >> 1) > safe - q)
+        return p;
+    const uint8_t *const end = q + (zz >> 1);
+    q = fast_varint(q + 1, VARLONG_MAX_BYTES, &raw); /* past attributes; timestamp: any value */
+    if (q == NULL)
+        return NULL;
+    q = fast_varint(q, VARINT_MAX_BYTES, &raw);
+    if (q == NULL)
+        return NULL;
+    if (strict) {
+        if ((uint32_t)raw != 2u * (uint32_t)index)
+            return NULL;
+    } else {
+        int32_t delta = unzigzag32(raw);
+        if (delta <= *previous || delta > last_offset_delta)
+            return NULL;
+        *previous = delta;
+    }
+    q = fast_field(q, end, 1); /* key */
+    if (q == NULL)
+        return NULL;
+    q = fast_field(q, end, 1); /* value */
+    if (q == NULL)
+        return NULL;
+    q = fast_varint(q, VARINT_MAX_BYTES, &raw);
+    if (q == NULL)
+        return NULL;
+    if (raw != 0) {
+        int32_t header_count = unzigzag32(raw);
+        if (header_count < 0)
+            return NULL;
+        for (int32_t h = 0; h < header_count; h++) {
+            q = fast_field(q, end, 0);
+            if (q != NULL)
+                q = fast_field(q, end, 1);
+            if (q == NULL)
+                return NULL;
+        }
+    }
+    return q == end ? end : NULL;
+}
+
+/* The bounded reads of fast_tail: a varint that must end by `end`. */
+static inline int tail_varint(const uint8_t **pp, const uint8_t *end, int max_bytes,
+                              uint64_t *out)
+{
+    size_t pos = 0;
+    if (read_uleb(*pp, (size_t)(end - *pp), &pos, max_bytes, out) != VARINT_OK)
         return 0;
-    *pp = p + pos;
+    *pp += pos;
     return 1;
 }
 
 /* A key, value or header value: length -1 (null) or a length that fits before `end`. */
-static inline int fast_skip_field(const uint8_t **pp, const uint8_t *end, int nullable)
+static inline int tail_field(const uint8_t **pp, const uint8_t *end, int nullable)
 {
     uint64_t raw;
-    if (!fast_uleb(pp, end, VARINT_MAX_BYTES, &raw))
+    if (!tail_varint(pp, end, VARINT_MAX_BYTES, &raw))
         return 0;
     int32_t n = unzigzag32(raw);
     if (n < 0)
@@ -460,48 +571,117 @@ static inline int fast_skip_field(const uint8_t **pp, const uint8_t *end, int nu
     return 1;
 }
 
-static int records_certainly_valid(const uint8_t *p, size_t len, int32_t record_count,
-                                   int32_t last_offset_delta, uint32_t flags)
+/* Records index.. from p to end_all, every read bounded by its record; 1: all certainly valid
+ * and exactly filling the section. */
+static int fast_tail(const uint8_t *p, const uint8_t *end_all, int32_t index,
+                     int32_t record_count, int32_t previous, int32_t last_offset_delta,
+                     int strict)
 {
-    const uint8_t *const end_all = p + len;
-    const int strict = (flags & PL_VALIDATE_STRICT) != 0;
-    int32_t previous = -1;
     uint64_t raw;
-    for (int32_t i = 0; i < record_count; i++) {
-        if (!fast_uleb(&p, end_all, VARINT_MAX_BYTES, &raw))
+    for (; index < record_count; index++) {
+        if (!tail_varint(&p, end_all, VARINT_MAX_BYTES, &raw))
             return 0;
         int32_t length = unzigzag32(raw);
         if (length <= 0 || (size_t)length > (size_t)(end_all - p))
             return 0;
         const uint8_t *const end = p + length;
         const uint8_t *q = p + 1; /* past the attributes byte */
-        if (!fast_uleb(&q, end, VARLONG_MAX_BYTES, &raw)) /* timestamp delta: any value */
+        if (!tail_varint(&q, end, VARLONG_MAX_BYTES, &raw)) /* timestamp delta: any value */
             return 0;
-        if (!fast_uleb(&q, end, VARINT_MAX_BYTES, &raw))
+        if (!tail_varint(&q, end, VARINT_MAX_BYTES, &raw))
             return 0;
         int32_t delta = unzigzag32(raw);
-        if (strict ? delta != i : (delta <= previous || delta > last_offset_delta))
+        if (strict ? delta != index : (delta <= previous || delta > last_offset_delta))
             return 0;
         previous = delta;
-        if (!fast_skip_field(&q, end, 1) || !fast_skip_field(&q, end, 1))
+        if (!tail_field(&q, end, 1) || !tail_field(&q, end, 1))
             return 0;
-        if (!fast_uleb(&q, end, VARINT_MAX_BYTES, &raw))
+        if (!tail_varint(&q, end, VARINT_MAX_BYTES, &raw))
             return 0;
         int32_t header_count = unzigzag32(raw);
         if (header_count < 0)
             return 0;
         for (int32_t h = 0; h < header_count; h++)
-            if (!fast_skip_field(&q, end, 0) || !fast_skip_field(&q, end, 1))
+            if (!tail_field(&q, end, 0) || !tail_field(&q, end, 1))
                 return 0;
         if (q != end)
             return 0;
-        /* The next record starts at `end`, known from the length alone: the walk of this
-         * record's fields (q) is off the dependency chain, so the CPU overlaps it with the
-         * next record's length. */
         p = end;
     }
     return p == end_all;
 }
+
+static int records_certainly_valid(const uint8_t *p, size_t len, int32_t record_count,
+                                   int32_t last_offset_delta, uint32_t flags)
+{
+    const uint8_t *const end_all = p + len;
+    const int strict = (flags & PL_VALIDATE_STRICT) != 0;
+    int32_t index = 0, previous = -1;
+    if (len > FAST_SLACK) {
+        const uint8_t *const safe = end_all - FAST_SLACK;
+        for (; index < record_count && p < safe; index++) {
+            const uint8_t *next = fast_record(p, safe, index, &previous, last_offset_delta,
+                                              strict);
+            if (next == p)
+                break;
+            if (next == NULL)
+                return 0;
+            p = next;
+        }
+    }
+    return fast_tail(p, end_all, index, record_count, previous, last_offset_delta, strict);
+}
+
+#ifdef PL_CRC_FOLD512
+/* Steps 4 and 6 of one batch in a single pass, for a CPU that folds CRCs with VPCLMULQDQ
+ * (crc32c_internal.h): records_certainly_valid's loop, with the batch's CRC advancing by
+ * `steps` 128-byte folds per record so that it keeps pace with the walk, then finished after
+ * it. The walk is bound by its scalar instructions and leaves the vector units idle, so the
+ * CRC costs little more than its loads and multiplies. b[0..size) is a whole batch of at least
+ * FUSED_MIN_SIZE bytes. Returns the CRC-32C of b[21..size) (as pl_crc32c(0, ...) would) and
+ * sets *records_valid to what records_certainly_valid would answer; the CRC is finished even
+ * when the walk gives up early, since its verdict comes first. */
+#define FUSED_MIN_SIZE (OFF_ATTRIBUTES + PL_FOLD512_MIN_LEN)
+
+PL_FOLD512_TARGET
+static uint32_t crc_with_records(const uint8_t *b, size_t size, int32_t record_count,
+                                 int32_t last_offset_delta, uint32_t flags, int *records_valid)
+{
+    const uint8_t *const end_all = b + size;
+    const uint8_t *const crc_last = end_all - 128; /* where the last whole step may start */
+    const uint8_t *c = b + OFF_ATTRIBUTES;         /* the CRC has folded everything before c */
+    __m512i x0, x1;
+    pl_fold2_begin(0xffffffffu, c, &x0, &x1);
+    c += 128;
+    const __m512i k128 = pl_fold_constant512(PL_FOLD_128_L, PL_FOLD_128_H);
+
+    const uint8_t *p = b + PL_BATCH_HEADER_SIZE;
+    const size_t len = size - PL_BATCH_HEADER_SIZE;
+    const size_t per_record = record_count > 0 ? len / (size_t)record_count : len;
+    const size_t steps = (per_record + 127) / 128;
+    const int strict = (flags & PL_VALIDATE_STRICT) != 0;
+    int32_t index = 0, previous = -1;
+    int valid = 0;
+    if (len > FAST_SLACK) {
+        const uint8_t *const safe = end_all - FAST_SLACK;
+        for (; index < record_count && p < safe; index++) {
+            for (size_t s = 0; s < steps && c <= crc_last; s++, c += 128)
+                pl_fold2_step(&x0, &x1, k128, c);
+            const uint8_t *next = fast_record(p, safe, index, &previous, last_offset_delta,
+                                              strict);
+            if (next == p)
+                break;
+            if (next == NULL)
+                goto finish_crc;
+            p = next;
+        }
+    }
+    valid = fast_tail(p, end_all, index, record_count, previous, last_offset_delta, strict);
+finish_crc:
+    *records_valid = valid;
+    return ~pl_fold2_finish(x0, x1, c, end_all);
+}
+#endif
 
 /* Walk exactly record_count records that must exactly fill recs[0..len). */
 static int walk_records(walker *w, int32_t record_count, int32_t last_offset_delta,
@@ -590,10 +770,21 @@ static int check_frame(const uint8_t *b, size_t avail, int64_t at, size_t *size,
     return PL_OK;
 }
 
-static int check_crc(const uint8_t *b, size_t size, int64_t at, pl_error *err)
+/* Step 4. When the batch's records are to be walked (walk != 0) and the CPU can, the walk's
+ * fast path runs in the same pass (crc_with_records): *records_valid is then its verdict,
+ * which step 6 uses once the header checks of step 5 have passed. */
+static int check_crc(const uint8_t *b, size_t size, int64_t at, const pl_batch_info *info,
+                     int walk, uint32_t flags, int *records_valid, pl_error *err)
 {
-    uint32_t stored = load_be32(b + OFF_CRC);
-    uint32_t computed = pl_crc32c(0, b + OFF_ATTRIBUTES, size - OFF_ATTRIBUTES);
+    uint32_t stored = info->crc;
+    uint32_t computed;
+#ifdef PL_CRC_FOLD512
+    if (walk && size >= FUSED_MIN_SIZE && pl_crc32c_fold512_active())
+        computed = crc_with_records(b, size, info->record_count, info->last_offset_delta,
+                                    flags, records_valid);
+    else
+#endif
+        computed = pl_crc32c(0, b + OFF_ATTRIBUTES, size - OFF_ATTRIBUTES);
     if (stored != computed)
         return fail(err, PL_E_CRC, at + OFF_CRC, -1,
                     "crc mismatch (stored 0x%08x, computed 0x%08x)", stored, computed);
@@ -607,18 +798,23 @@ static int check_batch(const uint8_t *buf, size_t len, size_t at, uint32_t flags
     const uint8_t *b = buf + at;
     size_t size = 0;
     int rc = check_frame(b, len - at, (int64_t)at, &size, err);
-    if (rc == PL_OK && !(flags & PL_VALIDATE_NO_CRC))
-        rc = check_crc(b, size, (int64_t)at, err);
     if (rc != PL_OK)
         return rc;
     read_header(b, (int64_t)at, info);
     int codec = info->attributes & PL_ATTR_COMPRESSION_MASK;
+    int walk = codec == 0 && !(flags & PL_VALIDATE_NO_RECORDS);
+    int records_valid = 0; /* step 4 already found every record certainly valid */
+    if (!(flags & PL_VALIDATE_NO_CRC)) {
+        rc = check_crc(b, size, (int64_t)at, info, walk, flags, &records_valid, err);
+        if (rc != PL_OK)
+            return rc;
+    }
     if (codec > MAX_CODEC)
         return fail(err, PL_E_RECORD, (int64_t)at + OFF_ATTRIBUTES, -1,
                     "unknown compression codec %d", codec);
     rc = check_count(info->record_count, info->last_offset_delta, flags,
                      (int64_t)at + OFF_RECORD_COUNT, err);
-    if (rc != PL_OK || codec != 0 || (flags & PL_VALIDATE_NO_RECORDS))
+    if (rc != PL_OK || !walk || records_valid)
         return rc;
     walker w = {b + PL_BATCH_HEADER_SIZE, size - PL_BATCH_HEADER_SIZE,
                 (int64_t)at + PL_BATCH_HEADER_SIZE, 0, err};

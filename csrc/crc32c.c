@@ -4,7 +4,11 @@
  *   x86-64 with SSE4.2  three interleaved crc32q streams over long buffers, combined with
  *                       precomputed "append N zero bytes" operators (the instruction has a
  *                       3-cycle latency and 1-cycle throughput, so three independent streams
- *                       keep the unit busy);
+ *                       keep the unit busy); when the CPU also has AVX-512 and VPCLMULQDQ,
+ *                       buffers of PL_FOLD512_MIN_LEN bytes or more are folded 256 bytes at a
+ *                       time with carry-less multiplies instead (about twice the crc32q
+ *                       limit; crc32c_internal.h explains the folding, which batch.c also
+ *                       runs inside its record walk). pl_crc32c_impl() still says 1;
  *   aarch64 with CRC    the ARMv8 crc32cx instruction, one stream;
  *   anything else       portable slicing-by-8 tables.
  *
@@ -22,6 +26,7 @@
 #include <string.h>
 
 #include "pylog_core.h"
+#include "crc32c_internal.h"
 
 #if defined(__x86_64__) || defined(_M_X64)
 #define PL_CRC_X86 1
@@ -45,6 +50,7 @@ static uint32_t slice_table[8][256];
 static uint32_t zeros_long[4][256];
 static uint32_t zeros_short[4][256];
 static int detected_impl;      /* 0 portable, 1 sse4.2, 2 armv8: what the CPU offers */
+static int detected_fold512;   /* 1: impl 1 and the CPU (and OS) also offer AVX-512 + VPCLMULQDQ */
 static int forced_portable;    /* tests set this to exercise the portable path */
 
 /* ---- portable slicing-by-8 ---------------------------------------------------------------- */
@@ -213,6 +219,39 @@ static uint32_t raw_sse42(uint32_t crc, const uint8_t *p, size_t len)
 }
 #endif
 
+/* ---- x86-64 AVX-512 VPCLMULQDQ folding ---------------------------------------------------- */
+
+#ifdef PL_CRC_FOLD512
+/* len >= PL_FOLD512_MIN_LEN. Four accumulators 64 bytes apart move 256 bytes per step (enough
+ * independent multiplies in flight to keep the multiplier busy), then become the two that
+ * pl_fold2_finish expects: the first two folded forward 128 bytes onto the last two. */
+PL_FOLD512_TARGET
+static uint32_t raw_fold512(uint32_t crc, const uint8_t *p, size_t len)
+{
+    const uint8_t *const end = p + len;
+    __m512i x0, x1;
+    pl_fold2_begin(crc, p, &x0, &x1);
+    p += 128;
+    if (end - p >= 384) {
+        __m512i x2 = _mm512_loadu_si512((const void *)p);
+        __m512i x3 = _mm512_loadu_si512((const void *)(p + 64));
+        p += 128;
+        const __m512i k256 = pl_fold_constant512(PL_FOLD_256_L, PL_FOLD_256_H);
+        while (end - p >= 256) {
+            x0 = pl_fold512(x0, k256, _mm512_loadu_si512((const void *)p));
+            x1 = pl_fold512(x1, k256, _mm512_loadu_si512((const void *)(p + 64)));
+            x2 = pl_fold512(x2, k256, _mm512_loadu_si512((const void *)(p + 128)));
+            x3 = pl_fold512(x3, k256, _mm512_loadu_si512((const void *)(p + 192)));
+            p += 256;
+        }
+        const __m512i k128 = pl_fold_constant512(PL_FOLD_128_L, PL_FOLD_128_H);
+        x0 = pl_fold512(x0, k128, x2);
+        x1 = pl_fold512(x1, k128, x3);
+    }
+    return pl_fold2_finish(x0, x1, p, end);
+}
+#endif
+
 /* ---- aarch64 CRC extension ---------------------------------------------------------------- */
 
 #ifdef PL_CRC_ARM
@@ -247,6 +286,12 @@ static void crc32c_init(void)
     __builtin_cpu_init();
     if (__builtin_cpu_supports("sse4.2"))
         detected_impl = 1;
+#ifdef PL_CRC_FOLD512
+    detected_fold512 = detected_impl == 1 && __builtin_cpu_supports("avx512f") &&
+                       __builtin_cpu_supports("avx512vl") &&
+                       __builtin_cpu_supports("vpclmulqdq") &&
+                       __builtin_cpu_supports("pclmul");
+#endif
 #elif defined(PL_CRC_ARM) && defined(__linux__)
     if (getauxval(AT_HWCAP) & HWCAP_CRC32)
         detected_impl = 2;
@@ -263,6 +308,13 @@ void pl_crc32c_force_portable(int on)
     forced_portable = on != 0;
 }
 
+#ifdef PL_CRC_FOLD512
+int pl_crc32c_fold512_active(void)
+{
+    return !forced_portable && detected_fold512;
+}
+#endif
+
 uint32_t pl_crc32c_portable(uint32_t crc, const uint8_t *buf, size_t len)
 {
     return ~raw_portable(~crc, buf, len);
@@ -273,6 +325,10 @@ uint32_t pl_crc32c(uint32_t crc, const uint8_t *buf, size_t len)
     switch (pl_crc32c_impl()) {
 #ifdef PL_CRC_X86
     case 1:
+#ifdef PL_CRC_FOLD512
+        if (detected_fold512 && len >= PL_FOLD512_MIN_LEN)
+            return ~raw_fold512(~crc, buf, len);
+#endif
         return ~raw_sse42(~crc, buf, len);
 #endif
 #ifdef PL_CRC_ARM

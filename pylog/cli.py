@@ -103,5 +103,74 @@ def dump_log(paths, as_json, with_records):
     sys.exit(0 if all_intact else 1)
 
 
+from pylog.client.cli_commands import register as _register_data_commands  # noqa: E402
+
+_register_data_commands(main)  # topic, produce, consume, bench (pylog/client/cli_commands.py)
+
+
+@main.command("serve")
+@click.option("--data-dir", type=click.Path(file_okay=False),
+              help="Data directory (Kafka's log.dirs). Required unless the config file sets it.")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False),
+              help="Kafka-style .properties file; flags override it.")
+@click.option("--host", help="Kafka listener address [127.0.0.1].")
+@click.option("--port", type=int, help="Kafka listener port [9092]; 0 picks a free one.")
+@click.option("--control-host", help="HTTP control plane address [127.0.0.1].")
+@click.option("--control-port", type=int, help="HTTP control plane port [9644].")
+@click.option("--advertised-host", help="Host clients are told to connect to [--host].")
+@click.option("--node-id", type=int, help="This broker's node id [1].")
+@click.option("--fsync", help="os (default: the OS writes back), always (fsync before every "
+                              "acknowledgement) or N (fsync at least every N ms).")
+@click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
+              help="Any broker setting by its Kafka name, e.g. --set num.partitions=3 "
+                   "(repeatable; overrides the config file).")
+@click.option("--log-level", default="warning", show_default=True,
+              type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
+              help="Logging on stderr.")
+def serve(data_dir, config_file, host, port, control_host, control_port, advertised_host,
+          node_id, fsync, settings, log_level):
+    """Run a broker (and the controller of its one-node cluster) until SIGTERM or Ctrl-C.
+
+    Prints "pylog broker N listening on HOST:PORT (control http://HOST:PORT)" on stderr once it
+    takes traffic; GET /health on the control port answers 200 from then on.
+    """
+    import asyncio
+    import logging
+
+    from pylog.broker.app import serve as run_broker
+    from pylog.broker.config import BrokerConfig, BrokerConfigError
+    from pylog.broker.server import install_event_loop_policy
+    from pylog.storage.manager import DataDirectoryLockedError
+    from pylog.storage.meta import MetaPropertiesError
+
+    logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    overrides = []
+    for item in settings:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise click.UsageError(f"--set expects KEY=VALUE, got {item!r}")
+        overrides.append((key.strip(), value.strip()))
+    try:
+        config = BrokerConfig.load(
+            config_file=config_file, overrides=overrides, data_dir=data_dir, host=host,
+            port=port, control_host=control_host, control_port=control_port,
+            advertised_host=advertised_host, node_id=node_id, fsync=fsync)
+    except BrokerConfigError as exc:
+        click.echo(f"pylog: configuration error: {exc}", err=True)
+        sys.exit(2)
+
+    def announce(broker):
+        click.echo(f"pylog broker {broker.node_id} listening on {broker.bootstrap} "
+                   f"(control {broker.control_url})", err=True)
+
+    install_event_loop_policy()
+    try:
+        asyncio.run(run_broker(config, on_ready=announce))
+    except (MetaPropertiesError, DataDirectoryLockedError) as exc:
+        click.echo(f"pylog: error: {exc}", err=True)
+        sys.exit(2)
+
+
 if __name__ == "__main__":
     main()

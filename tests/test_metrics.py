@@ -212,3 +212,14 @@ def test_process_metrics_are_included_unless_turned_off():
     if prometheus_client.ProcessCollector(registry=None).collect():  # /proc exists (Linux)
         assert with_process.get("process_cpu_seconds") == "counter"
     assert not any(name.startswith("process_") for name in without_process)
+
+
+def test_label_values_that_need_escaping_still_parse():
+    # Topic names are validated where they enter; the exposition must not break if one is not.
+    odd = 'quo"te\\back\nslash'
+    metrics = BrokerMetrics(StandInReplicaManager([StandInPartition(odd, 0, log_end_offset=4)]),
+                            process_metrics=False)
+    metrics.add_bytes_in(odd, 9, 1)
+    _, samples = scrape(metrics)
+    assert value(samples, "pylog_bytes_in_total", topic=odd) == 9
+    assert value(samples, "pylog_partition_log_end_offset", topic=odd, partition="0") == 4

@@ -20,7 +20,8 @@ Routes
 ``POST /v1/topics``
     Body ``{"name": str, "partitions": int, "replication_factor": int, "configs": {str: str}}``;
     all but ``name`` optional (absent or -1: the broker's defaults; config values may also be
-    JSON numbers or booleans, sent to the controller as Kafka's strings). 201 with the new topic's description (as ``GET /v1/topics/{name}``) and a
+    JSON numbers or booleans, sent to the controller as Kafka's strings, or null for the
+    broker's default). 201 with the new topic's description (as ``GET /v1/topics/{name}``) and a
     ``Location`` header.
 ``GET /v1/topics/{name}``
     ``{"name", "topic_id", "configs" (the topic's overrides), "partitions": [{"partition",
@@ -59,6 +60,7 @@ from typing import Any
 from aiohttp import web
 
 from pylog.broker.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from pylog.controller import MetadataError
 from pylog.protocol import ErrorCode
 from pylog.storage.names import InvalidTopicError, validate_topic_name
 
@@ -105,14 +107,11 @@ def _error_response(status: int, error: ErrorCode, message: str,
                              headers=headers)
 
 
-def _kafka_error(exc: Exception) -> ControlPlaneError | None:
-    """The ControlPlaneError for a controller exception carrying a Kafka ``error_code``."""
-    code = getattr(exc, "error_code", None)
-    if not isinstance(code, int):
-        return None
+def _refusal(exc: MetadataError) -> ControlPlaneError:
+    """The ControlPlaneError for a change the controller refused."""
     try:
-        error = ErrorCode(code)
-    except ValueError:
+        error = ErrorCode(exc.error_code)
+    except ValueError:  # a controller-to-broker code no client is ever sent
         error = ErrorCode.UNKNOWN_SERVER_ERROR
     return ControlPlaneError(error, str(exc) or error.name)
 
@@ -223,11 +222,8 @@ async def _create_topic(request: web.Request) -> web.Response:
     name, partitions, replication_factor, configs = await _parse_create_body(request)
     try:
         broker.controller.create_topic(name, partitions, replication_factor, configs)
-    except Exception as exc:
-        refusal = _kafka_error(exc)
-        if refusal is None:
-            raise
-        raise refusal from exc
+    except MetadataError as exc:
+        raise _refusal(exc) from exc
     description = _describe(broker, name)
     return web.json_response(description, status=201,
                              headers={"Location": f"/v1/topics/{name}"})
@@ -243,11 +239,8 @@ async def _delete_topic(request: web.Request) -> web.Response:
     name = _topic_name(request)
     try:
         broker.controller.delete_topic(name)
-    except Exception as exc:
-        refusal = _kafka_error(exc)
-        if refusal is None:
-            raise
-        raise refusal from exc
+    except MetadataError as exc:
+        raise _refusal(exc) from exc
     return web.json_response({"deleted": name})
 
 
@@ -290,7 +283,7 @@ def _describe(broker: Any, name: str) -> dict[str, Any]:
 
 
 async def _parse_create_body(request: web.Request
-                             ) -> tuple[str, int, int, dict[str, str]]:
+                             ) -> tuple[str, int, int, dict[str, str | None]]:
     """(name, partitions, replication_factor, configs) of a topic creation, checked for type.
 
     -1 stands for the broker's default partitions / replication factor, as in Kafka's
@@ -326,16 +319,16 @@ def _int_field(body: dict[str, Any], field: str, error: ErrorCode) -> int:
     return value
 
 
-def _configs_field(body: dict[str, Any]) -> dict[str, str]:
+def _configs_field(body: dict[str, Any]) -> dict[str, str | None]:
     configs = body.get("configs")
     if configs is None:
         return {}
     if not isinstance(configs, dict):
         raise ControlPlaneError(ErrorCode.INVALID_CONFIG,
                                 "field 'configs' must be an object of config name to value")
-    checked = {}
+    checked: dict[str, str | None] = {}
     for key, value in configs.items():
-        if isinstance(value, str):
+        if value is None or isinstance(value, str):  # None: the broker's default
             checked[key] = value
         elif isinstance(value, bool):  # before int: bool is an int subclass
             checked[key] = "true" if value else "false"

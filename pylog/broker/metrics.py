@@ -5,19 +5,28 @@ Theory of operation
 The data plane reports every request, every produced and fetched byte and every connection, so
 the recording calls sit on the hot path and must cost about a microsecond. prometheus_client's
 own ``Counter``/``Histogram`` children take a lock per increment: a cached child's ``inc`` plus
-``observe`` costs ≈ 1.3 µs here, more than the whole budget. So the hot path only adds to plain
+``observe`` costs ≈ 1.2 µs here, more than the whole budget. So the hot path only adds to plain
 Python numbers held in small slotted objects (one per (api key, version) pair and one per
-topic), and a collector registered in this broker's own ``CollectorRegistry`` turns them into
-counter, histogram and gauge families when ``/metrics`` is scraped. prometheus_client still owns
-the metric families, the registry and the text exposition.
+topic), ≈ 0.2 µs a request, and they become metric families when ``/metrics`` is scraped.
 
 Those plain numbers are confined to one thread: every recording method and ``render`` are
 called from the broker's event-loop thread (the data plane and the aiohttp control plane share
-that loop), which is what makes the unlocked ``+=`` correct.
+that loop), which is what makes the unlocked ``+=`` correct, and what lets ``render`` read the
+ReplicaManager's partitions (which live on that thread too).
 
-Per-partition gauges (log start, LEO, HW, size, leader epoch, ISR size, leadership) are not
-recorded at all: the collector reads them from the ReplicaManager at scrape time, so they are
-exact and cost nothing between scrapes.
+A scrape also runs on the event loop, so its cost is a pause of the data plane. The families
+of bounded size (requests, errors and latency by api and version; connections; the process)
+go through a collector in this broker's own ``CollectorRegistry`` and prometheus_client's
+exposition. The families that grow with the number of topics and partitions (bytes/records by
+topic; log start, LEO, HW, size, leader epoch, replicas, ISR size and leadership by
+partition) are written directly: prometheus_client's exposition costs ≈ 6 µs a sample (label
+validation and escaping), 47 ms a scrape for 1,000 partitions, against ≈ 3 ms written here.
+Writing them directly is safe because their label values are topic names, validated where
+they enter (``[a-zA-Z0-9._-]``, nothing to escape; escaped all the same should one slip
+through) and partition numbers, and their values are integers.
+
+Per-partition gauges are not recorded at all: they are read from the ReplicaManager at scrape
+time, so they are exact and cost nothing between scrapes.
 
 Label cardinality is bounded against hostile clients: an api key pylog does not know is
 counted as ``api="UNKNOWN"``, and a version outside the advertised range as
@@ -30,7 +39,12 @@ import bisect
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, ProcessCollector, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.metrics_core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -56,6 +70,26 @@ LATENCY_BUCKETS: tuple[float, ...] = (
 _UNKNOWN_API = "UNKNOWN"
 _UNSUPPORTED_VERSION = "unsupported"
 _BUCKET_LABELS = tuple(floatToGoString(b) for b in LATENCY_BUCKETS) + ("+Inf",)
+
+# (metric name, help) of the per-topic counters, in the order of _TopicStats.values().
+_TOPIC_COUNTERS = (
+    ("pylog_bytes_in_total", "Record batch bytes appended by producers."),
+    ("pylog_records_in_total", "Records appended by producers."),
+    ("pylog_bytes_out_total", "Log bytes sent to fetchers."),
+)
+
+# (metric name, help) of the per-partition gauges, in the order of _partition_values().
+_PARTITION_GAUGES = (
+    ("pylog_partition_log_start_offset", "First offset still in the log."),
+    ("pylog_partition_log_end_offset", "Offset of the next record to be appended (LEO)."),
+    ("pylog_partition_high_watermark",
+     "Offset below which every record is on every ISR member (HW)."),
+    ("pylog_partition_size_bytes", "Bytes of log segments on disk."),
+    ("pylog_partition_leader_epoch", "Current leader epoch."),
+    ("pylog_partition_replicas", "Assigned replicas."),
+    ("pylog_partition_isr_size", "In-sync replicas."),
+    ("pylog_partition_is_leader", "1 if this broker leads the partition, else 0."),
+)
 
 
 class _RequestStats:
@@ -86,6 +120,9 @@ class _TopicStats:
         self.records_in = 0
         self.bytes_out = 0
 
+    def values(self) -> tuple[int, int, int]:
+        return self.bytes_in, self.records_in, self.bytes_out
+
 
 def _request_labels(api_key: int, api_version: int) -> tuple[str, str, bool]:
     """The (api, version) labels of a request, and whether the pair may be cached on its own.
@@ -109,6 +146,8 @@ class BrokerMetrics:
 
     ``replica_manager`` (settable after construction, since the broker may build its metrics
     first) is read at scrape time for the per-partition gauges; None renders no partitions.
+    ``registry`` holds the families of bounded size; ``render`` adds the per-topic and
+    per-partition ones (module docstring).
     """
 
     def __init__(self, replica_manager: Any = None, *, process_metrics: bool = True):
@@ -122,7 +161,7 @@ class BrokerMetrics:
         #: open client connections; >= 0 while opens and closes are paired.
         self._connections = 0
         self.registry = CollectorRegistry()
-        self.registry.register(_BrokerCollector(self))
+        self.registry.register(_RequestCollector(self))
         if process_metrics:
             # process_cpu_seconds_total, resident memory, open fds (Linux /proc; empty elsewhere).
             ProcessCollector(registry=self.registry)
@@ -167,7 +206,14 @@ class BrokerMetrics:
 
     def render(self) -> bytes:
         """Every metric of this broker in the Prometheus text format (``CONTENT_TYPE``)."""
-        return generate_latest(self.registry)
+        replica_manager = self.replica_manager
+        partitions = None if replica_manager is None else list(replica_manager.partitions())
+        if partitions is not None:
+            self._forget_topics_not_in(partitions)
+        lines: list[str] = []
+        _write_topic_counters(lines, self._topics)
+        _write_partition_gauges(lines, partitions or ())
+        return generate_latest(self.registry) + "".join(lines).encode()
 
     def _stats_for(self, api_key: int, api_version: int) -> _RequestStats:
         api, version, cacheable = _request_labels(api_key, api_version)
@@ -178,23 +224,19 @@ class BrokerMetrics:
             self._requests[(api_key, api_version)] = stats
         return stats
 
+    def _forget_topics_not_in(self, partitions: list[Any]) -> None:
+        hosted = {partition.topic for partition in partitions}
+        for gone in [topic for topic in self._topics if topic not in hosted]:
+            del self._topics[gone]
 
-class _BrokerCollector:
-    """Turns a BrokerMetrics' numbers and its ReplicaManager's partitions into families."""
+
+class _RequestCollector:
+    """The request and connection families of a BrokerMetrics, for its registry."""
 
     def __init__(self, metrics: BrokerMetrics):
         self._metrics = metrics
 
     def collect(self) -> Iterator[Metric]:
-        replica_manager = self._metrics.replica_manager
-        partitions = None if replica_manager is None else list(replica_manager.partitions())
-        yield from self._request_families()
-        yield from self._topic_families(partitions)
-        yield GaugeMetricFamily("pylog_connections", "Open Kafka-protocol client connections.",
-                                value=self._metrics._connections)
-        yield from self._partition_families(partitions or ())
-
-    def _request_families(self) -> Iterator[Metric]:
         labels = ["api", "version"]
         requests = CounterMetricFamily("pylog_requests", "Kafka requests answered.",
                                        labels=labels)
@@ -218,58 +260,41 @@ class _BrokerCollector:
         yield requests
         yield errors
         yield latency
+        yield GaugeMetricFamily("pylog_connections", "Open Kafka-protocol client connections.",
+                                value=self._metrics._connections)
 
-    def _topic_families(self, partitions: list | None) -> Iterator[Metric]:
-        metrics = self._metrics
-        if partitions is not None:
-            hosted = {partition.topic for partition in partitions}
-            for gone in [topic for topic in metrics._topics if topic not in hosted]:
-                del metrics._topics[gone]
-        bytes_in = CounterMetricFamily("pylog_bytes_in", "Record batch bytes appended by producers.",
-                                       labels=["topic"])
-        records_in = CounterMetricFamily("pylog_records_in", "Records appended by producers.",
-                                         labels=["topic"])
-        bytes_out = CounterMetricFamily("pylog_bytes_out", "Log bytes sent to fetchers.",
-                                        labels=["topic"])
-        for topic, stats in metrics._topics.items():
-            bytes_in.add_metric([topic], stats.bytes_in)
-            records_in.add_metric([topic], stats.records_in)
-            bytes_out.add_metric([topic], stats.bytes_out)
-        yield bytes_in
-        yield records_in
-        yield bytes_out
 
-    def _partition_families(self, partitions: Iterable[Any]) -> Iterator[Metric]:
-        labels = ["topic", "partition"]
-        families = {
-            "log_start_offset": GaugeMetricFamily(
-                "pylog_partition_log_start_offset", "First offset still in the log.", labels=labels),
-            "log_end_offset": GaugeMetricFamily(
-                "pylog_partition_log_end_offset", "Offset of the next record to be appended (LEO).",
-                labels=labels),
-            "high_watermark": GaugeMetricFamily(
-                "pylog_partition_high_watermark",
-                "Offset below which every record is on every ISR member (HW).", labels=labels),
-            "size_bytes": GaugeMetricFamily(
-                "pylog_partition_size_bytes", "Bytes of log segments on disk.", labels=labels),
-            "leader_epoch": GaugeMetricFamily(
-                "pylog_partition_leader_epoch", "Current leader epoch.", labels=labels),
-            "replicas": GaugeMetricFamily(
-                "pylog_partition_replicas", "Assigned replicas.", labels=labels),
-            "isr": GaugeMetricFamily(
-                "pylog_partition_isr_size", "In-sync replicas.", labels=labels),
-            "is_leader": GaugeMetricFamily(
-                "pylog_partition_is_leader", "1 if this broker leads the partition, else 0.",
-                labels=labels),
-        }
-        for partition in partitions:
-            label_values = [partition.topic, str(partition.index)]
-            families["log_start_offset"].add_metric(label_values, partition.log_start_offset)
-            families["log_end_offset"].add_metric(label_values, partition.log_end_offset)
-            families["high_watermark"].add_metric(label_values, partition.high_watermark)
-            families["size_bytes"].add_metric(label_values, partition.size_bytes)
-            families["leader_epoch"].add_metric(label_values, partition.leader_epoch)
-            families["replicas"].add_metric(label_values, len(partition.replicas))
-            families["isr"].add_metric(label_values, len(partition.isr))
-            families["is_leader"].add_metric(label_values, 1 if partition.is_leader else 0)
-        yield from families.values()
+# -- direct exposition of the families that grow with topics and partitions ----------------------
+
+def _label_value(text: str) -> str:
+    """``text`` escaped for a label value of the text format (a no-op for topic names)."""
+    if "\\" in text or '"' in text or "\n" in text:
+        return text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return text
+
+
+def _write_family_header(lines: list[str], name: str, help_text: str, kind: str) -> None:
+    lines.append(f"# HELP {name} {help_text}\n# TYPE {name} {kind}\n")
+
+
+def _write_topic_counters(lines: list[str], topics: dict[str, _TopicStats]) -> None:
+    rows = [(f'{{topic="{_label_value(topic)}"}} ', stats.values())
+            for topic, stats in topics.items()]
+    for column, (name, help_text) in enumerate(_TOPIC_COUNTERS):
+        _write_family_header(lines, name, help_text, "counter")
+        lines.extend([f"{name}{labels}{values[column]}\n" for labels, values in rows])
+
+
+def _partition_values(partition: Any) -> tuple[int, ...]:
+    """One partition's gauge values, in the order of _PARTITION_GAUGES."""
+    return (partition.log_start_offset, partition.log_end_offset, partition.high_watermark,
+            partition.size_bytes, partition.leader_epoch, len(partition.replicas),
+            len(partition.isr), 1 if partition.is_leader else 0)
+
+
+def _write_partition_gauges(lines: list[str], partitions: Iterable[Any]) -> None:
+    rows = [(f'{{topic="{_label_value(p.topic)}",partition="{int(p.index)}"}} ',
+             _partition_values(p)) for p in partitions]
+    for column, (name, help_text) in enumerate(_PARTITION_GAUGES):
+        _write_family_header(lines, name, help_text, "gauge")
+        lines.extend([f"{name}{labels}{int(values[column])}\n" for labels, values in rows])

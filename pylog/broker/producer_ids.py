@@ -40,7 +40,7 @@ class ProducerIdAllocator:
         self.block_size = block_size
         entries = read_checkpoint(self.path, _FILE_VERSION, 1)
         start = 0
-        if entries:
+        if entries is not None:
             if len(entries) != 1 or not entries[0][0].isascii() \
                     or not entries[0][0].isdigit():
                 raise CorruptCheckpointError(self.path, f"expected one block start, got "

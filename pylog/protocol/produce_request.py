@@ -68,6 +68,10 @@ class ProduceRequestData(NamedTuple):
     topics: list[ProduceTopic]
 
     @property
+    def api_key(self) -> int:
+        return self.header.api_key
+
+    @property
     def api_version(self) -> int:
         return self.header.api_version
 

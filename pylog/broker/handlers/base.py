@@ -9,6 +9,12 @@ those when the answer must wait (long-poll Fetch, acks=all Produce). If ``handle
 the connection logs it and sends ``error_response(request, UNKNOWN_SERVER_ERROR)``; a handler
 that cannot express an error in its response returns None there, and the connection closes.
 
+The connection runs a coroutine returned by ``handle`` eagerly: its first step (up to the
+first real wait) runs at once, outside any asyncio Task, so requests of one connection take
+effect in order; only the rest runs in a task. So before its first await a handler (and what
+it calls, such as ReplicaManager.produce) must not need ``asyncio.current_task()``
+(``asyncio.timeout`` does); ``asyncio.wait_for`` and awaiting futures are fine.
+
 ``CloseConnection`` raised by ``handle`` closes the connection on purpose (Kafka's answer to a
 failed acks=0 produce, which has no response to carry the error).
 

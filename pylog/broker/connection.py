@@ -1,0 +1,427 @@
+"""One client connection of the Kafka listener: frames in, responses out in request order.
+
+Theory of operation
+-------------------
+A ``KafkaConnection`` is an asyncio ``BufferedProtocol``: the socket reads straight into its
+``FrameDecoder``'s buffer, and each complete frame is a memoryview into that buffer (a Produce
+request's records are stamped in place there). All per-connection state lives in this object
+(uvicorn's model), and all of it is touched only from the event loop.
+
+Pipeline. Frames are taken in order. For each, the handler of its api key decodes it and
+``handle`` runs at once, *eagerly*: the handler's synchronous part (for Produce: validating
+and appending) runs before the next frame is looked at, so requests of one connection take
+effect in the order they were sent. A handler that must wait (long-poll Fetch, acks=all
+Produce) is suspended at its first real wait and finished by a task, while the next frames are
+read and handled. Responses are written strictly in request order: every request that expects
+an answer gets a slot in ``_pending`` when it is taken; a slot is filled when its handler
+finishes; ``_flush`` writes filled slots from the head and stops at the first unfilled one.
+Produce with acks=0 takes no slot and sends nothing.
+
+Flow control (no unbounded buffering). Reading stops (``pause_reading``) while either
+  - ``_inflight`` reaches ``max_inflight`` (requests taken but not answered: handlers still
+    running plus answers waiting behind an earlier slow one), or
+  - the transport's write buffer is above its high-water mark (``pause_writing``: the client
+    does not read its responses).
+While reading is stopped no new frames are taken from the decoder either, so memory per
+connection is bounded by the decoder's buffer, ``max_inflight`` requests and the responses
+the transport holds. Reading resumes when both conditions clear.
+
+Errors. A bad size prefix (negative, above ``socket.request.max.bytes``), an unknown api key,
+an unsupported version of anything but ApiVersions, or a frame that does not parse closes the
+connection (abort: a client that sends garbage may not be reading either). A handler that
+raises is logged and its request answered with UNKNOWN_SERVER_ERROR where the api can say
+so, else the connection is closed. Nothing that happens on one connection reaches another.
+When the connection is lost, its running handlers are cancelled and its slots dropped.
+
+Writing. A response is either one bytes object or, for Fetch, a list of buffers with the log's
+bytes in it; ``write_buffers`` hands the list to the transport without joining it.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import time
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+from pylog.protocol.errors import (ErrorCode, FrameError, MalformedRequestError, RequestError,
+                                   UnknownApiKeyError, UnsupportedVersionError)
+from pylog.protocol.framing import FrameDecoder
+from pylog.protocol.header import read_request_prefix
+
+from pylog.broker.handlers.base import CloseConnection, Handler
+
+if TYPE_CHECKING:
+    from pylog.broker.server import KafkaServer
+
+log = logging.getLogger("pylog.broker.connection")
+
+_SCRATCH_BYTES = 4096
+# Python 3.12's selector transport queues writelines' buffers as they are (sendmsg).
+_SCATTER_WRITELINES = sys.version_info >= (3, 12)
+
+
+class _Slot:
+    """One request that expects a response, in request order.
+
+    ``payload`` is None until the handler finished (``done``); then the frame bytes or the
+    list of buffers to write.
+    """
+
+    __slots__ = ("api_key", "api_version", "started", "payload", "done", "error")
+
+    def __init__(self, api_key: int, api_version: int, started: float):
+        self.api_key = api_key
+        self.api_version = api_version
+        self.started = started
+        self.payload: Any = None
+        self.done = False
+        self.error = False
+
+
+def write_buffers(transport: asyncio.WriteTransport, buffers: list) -> None:
+    """Write a list of buffers without joining them into one new bytes object.
+
+    uvloop's and Python 3.12+'s selector transports implement ``writelines`` as scatter-gather
+    (the buffers are queued as they are, and sent with sendmsg). Python 3.11's base
+    ``writelines`` joins them first, so there each buffer is written on its own: the transport
+    sends it directly while the socket takes it, and copies only what the socket did not take.
+    """
+    if _SCATTER_WRITELINES or not _is_stdlib_transport(transport):
+        transport.writelines(buffers)
+        return
+    for buffer in buffers:
+        transport.write(buffer)
+
+
+def _is_stdlib_transport(transport: Any) -> bool:
+    return type(transport).__module__.startswith("asyncio.")
+
+
+class KafkaConnection(asyncio.BufferedProtocol):
+    """The Kafka protocol on one accepted socket."""
+
+    def __init__(self, server: "KafkaServer"):
+        self._server = server
+        self._handlers: dict[int, Handler] = server.handlers
+        self._metrics = server.metrics
+        config = server.config
+        # Splits the byte stream; a bad size prefix is final (FrameError).
+        self._decoder = FrameDecoder(config.socket_request_max_bytes)
+        self._max_inflight = config.max_inflight_requests_per_connection
+        self._write_high_water = config.connection_write_buffer_bytes
+        self._transport: asyncio.Transport | None = None
+        self.peer: str = "?"
+        # Invariant: slots in request order; only the head may be written, and only once done.
+        self._pending: deque[_Slot] = deque()
+        # Invariant: _inflight = len(_pending) + running handlers that have no slot (acks=0).
+        self._inflight = 0
+        # Handler tasks still running; cancelled when the connection goes.
+        self._tasks: set[asyncio.Task] = set()
+        # True between the transport's pause_writing and resume_writing.
+        self._writing_paused = False
+        # True while this protocol has paused the transport's reading.
+        self._reading_paused = False
+        # True while _take_frames runs (it is not re-entered from a flush inside it).
+        self._taking = False
+        # Set once the connection is closing or lost: nothing is read, handled or written.
+        self._closed = False
+        self._scratch: bytearray | None = None
+
+    # ---- introspection (tests, metrics) -------------------------------------------------
+
+    @property
+    def inflight(self) -> int:
+        """Requests taken and not yet answered (handlers running + responses queued)."""
+        return self._inflight
+
+    @property
+    def reading_paused(self) -> bool:
+        return self._reading_paused
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    # ---- asyncio protocol ---------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        peer = transport.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        transport.set_write_buffer_limits(high=self._write_high_water)
+        self._server.connection_opened(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed = True
+        for task in list(self._tasks):
+            task.cancel()
+        self._tasks.clear()
+        self._pending.clear()
+        self._inflight = 0
+        self._server.connection_closed(self)
+
+    def get_buffer(self, sizehint: int) -> memoryview | bytearray:
+        if not self._closed:
+            try:
+                return self._decoder.get_buffer(sizehint)
+            except FrameError as exc:
+                self._abort(f"bad frame: {exc}")
+        # Closed: the transport may still complete one read; give it somewhere harmless.
+        if self._scratch is None:
+            self._scratch = bytearray(_SCRATCH_BYTES)
+        return self._scratch
+
+    def buffer_updated(self, nbytes: int) -> None:
+        if self._closed:
+            return
+        self._decoder.buffer_updated(nbytes)
+        self._take_frames()
+
+    def eof_received(self) -> bool:
+        if self._decoder.pending_bytes:
+            log.debug("%s: closed mid-request (%d bytes of an unfinished frame)", self.peer,
+                      self._decoder.pending_bytes)
+        return False  # close our side too; connection_lost cancels what is running
+
+    def pause_writing(self) -> None:
+        self._writing_paused = True
+        self._update_reading()
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        self._take_frames()
+
+    # ---- taking requests ----------------------------------------------------------------
+
+    def _take_frames(self) -> None:
+        """Take and dispatch complete frames while there is capacity, then (un)pause reading."""
+        if self._taking:
+            return
+        self._taking = True
+        try:
+            while (not self._closed and not self._writing_paused
+                   and self._inflight < self._max_inflight):
+                try:
+                    frame = self._decoder.next_frame()
+                except FrameError as exc:
+                    self._abort(f"bad frame: {exc}")
+                    return
+                if frame is None:
+                    break
+                self._dispatch(frame)
+        finally:
+            self._taking = False
+        self._update_reading()
+
+    def _update_reading(self) -> None:
+        if self._closed or self._transport is None:
+            return
+        stop = self._writing_paused or self._inflight >= self._max_inflight
+        if stop and not self._reading_paused:
+            self._reading_paused = True
+            self._transport.pause_reading()
+        elif not stop and self._reading_paused:
+            self._reading_paused = False
+            self._transport.resume_reading()
+
+    def _dispatch(self, frame: memoryview) -> None:
+        started = time.perf_counter()
+        try:
+            api_key, api_version, correlation_id = read_request_prefix(frame)
+            handler = self._handlers.get(api_key)
+            if handler is None:
+                raise UnknownApiKeyError(f"api key {api_key} is not served", api_key=api_key,
+                                         api_version=api_version,
+                                         correlation_id=correlation_id)
+            request = handler.decode(frame)
+        except RequestError as exc:
+            self._refuse(exc)
+            return
+        except Exception:
+            log.exception("%s: decoding a request failed", self.peer)
+            self._abort("request decoding failed")
+            return
+        slot = None
+        if handler.expects_response(request):
+            slot = _Slot(api_key, api_version, started)
+            self._pending.append(slot)
+        self._inflight += 1
+        try:
+            result = handler.handle(request)
+            if asyncio.iscoroutine(result):
+                result = self._run_eagerly(result, handler, request, slot)
+                if result is _SUSPENDED:
+                    return
+        except CloseConnection as exc:
+            self._abort(str(exc))
+            return
+        except Exception:
+            log.exception("%s: handler of api key %d v%d failed", self.peer, api_key,
+                          api_version)
+            self._answer_error(handler, request, slot)
+            return
+        self._finish(slot, result, api_key, api_version, started)
+
+    def _refuse(self, exc: RequestError) -> None:
+        if isinstance(exc, UnknownApiKeyError):
+            reason = f"unknown api key {exc.api_key}"
+        elif isinstance(exc, UnsupportedVersionError):
+            reason = f"unsupported version {exc.api_version} of api key {exc.api_key}"
+        elif isinstance(exc, MalformedRequestError):
+            reason = f"malformed request: {exc}"
+        else:
+            reason = str(exc)
+        if self._metrics is not None and exc.api_key is not None:
+            self._metrics.observe_request(exc.api_key, exc.api_version or 0, 0.0, error=True)
+        self._abort(reason)
+
+    # ---- running handlers ---------------------------------------------------------------
+
+    def _run_eagerly(self, coro, handler: Handler, request: Any, slot: _Slot | None) -> Any:
+        """Run ``coro`` up to its first suspension; its result if it never suspends, else
+        ``_SUSPENDED`` after handing the rest to a task. Exceptions propagate."""
+        try:
+            awaited = coro.send(None)
+        except StopIteration as stop:
+            return stop.value
+        task = asyncio.get_running_loop().create_task(_resume(coro, awaited))
+        self._tasks.add(task)
+        task.add_done_callback(lambda t: self._handler_done(t, handler, request, slot))
+        return _SUSPENDED
+
+    def _handler_done(self, task: asyncio.Task, handler: Handler, request: Any,
+                      slot: _Slot | None) -> None:
+        self._tasks.discard(task)
+        if self._closed or task.cancelled():
+            return
+        exc = task.exception()
+        if isinstance(exc, CloseConnection):
+            self._abort(str(exc))
+            return
+        if exc is not None:
+            log.error("%s: handler of api key %d failed", self.peer, handler.api_key,
+                      exc_info=exc)
+            self._answer_error(handler, request, slot)
+            return
+        started = slot.started if slot is not None else time.perf_counter()
+        self._finish(slot, task.result(), handler.api_key,
+                     getattr(request, "api_version", 0), started)
+
+    def _answer_error(self, handler: Handler, request: Any, slot: _Slot | None) -> None:
+        if slot is None:  # nothing to answer with: tell the client by closing
+            self._abort("a request without a response failed")
+            return
+        try:
+            payload = handler.error_response(request, ErrorCode.UNKNOWN_SERVER_ERROR)
+        except Exception:
+            log.exception("%s: building the error response failed", self.peer)
+            payload = None
+        if payload is None:
+            self._abort("request failed and its api cannot report the error")
+            return
+        slot.error = True
+        self._finish(slot, payload, slot.api_key, slot.api_version, slot.started)
+
+    def _finish(self, slot: _Slot | None, payload: Any, api_key: int, api_version: int,
+                started: float) -> None:
+        if self._closed:
+            return
+        if slot is None:
+            self._inflight -= 1
+            if self._metrics is not None:
+                self._metrics.observe_request(api_key, api_version,
+                                              time.perf_counter() - started)
+            if not self._taking:
+                self._take_frames()
+            return
+        if payload is None:
+            log.error("%s: handler of api key %d returned no response", self.peer, api_key)
+            self._abort("handler returned no response")
+            return
+        slot.payload = payload
+        slot.done = True
+        self._flush()
+
+    def _flush(self) -> None:
+        """Write every finished response at the head of the queue, in order."""
+        transport = self._transport
+        pending = self._pending
+        metrics = self._metrics
+        now = time.perf_counter()
+        while pending and pending[0].done:
+            slot = pending.popleft()
+            self._inflight -= 1
+            payload = slot.payload
+            if type(payload) is bytes:
+                transport.write(payload)
+            else:
+                write_buffers(transport, payload)
+            if metrics is not None:
+                metrics.observe_request(slot.api_key, slot.api_version, now - slot.started,
+                                        slot.error)
+        if not self._taking:
+            self._take_frames()
+
+    # ---- closing ------------------------------------------------------------------------
+
+    def _abort(self, reason: str) -> None:
+        if self._closed:
+            return
+        log.info("%s: closing connection: %s", self.peer, reason)
+        self._closed = True
+        if self._transport is not None:
+            self._transport.abort()
+
+    def stop_reading(self) -> None:
+        """Take no more requests (broker shutdown); those already taken still finish."""
+        if self._closed or self._transport is None:
+            return
+        self._max_inflight = 0
+        if not self._reading_paused:
+            self._reading_paused = True
+            self._transport.pause_reading()
+
+    def close(self) -> None:
+        """Close now, dropping whatever is still running or unsent."""
+        self._abort("broker is shutting down")
+
+
+_SUSPENDED = object()
+
+
+async def _resume(coro, awaited: Any) -> Any:
+    """Finish a coroutine that ``_run_eagerly`` started and that is suspended on ``awaited``
+    (what it yielded: an asyncio future, or None for a bare yield).
+
+    Each step waits for the yielded future, then resumes the coroutine, which reads the
+    future's outcome itself (as it would under a Task). Cancellation reaches the coroutine the
+    same way: cancelling this task cancels the future it waits on, and the coroutine sees
+    CancelledError at its own await; if the future had already finished, CancelledError is
+    thrown into the coroutine instead.
+    """
+    while True:
+        step: Any = coro.send
+        value: Any = None
+        if awaited is not None and getattr(awaited, "_asyncio_future_blocking", None) is not True:
+            step, value = coro.throw, RuntimeError(f"handler yielded {awaited!r}, not a future")
+        else:
+            try:
+                if awaited is None:
+                    await asyncio.sleep(0)
+                else:
+                    # As Task.__step does with what a coroutine yields: the coroutine's own
+                    # await marked the future "being awaited"; this await takes it over.
+                    awaited._asyncio_future_blocking = False
+                    await awaited
+            except asyncio.CancelledError as cancel:
+                if awaited is None or not awaited.cancelled():
+                    step, value = coro.throw, cancel
+            except BaseException:
+                pass  # the coroutine reads the future's exception itself when resumed
+        try:
+            awaited = step(value)
+        except StopIteration as stop:
+            return stop.value
