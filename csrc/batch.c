@@ -426,12 +426,12 @@ static int check_offset_delta(walker *w, size_t at, int32_t delta, int32_t previ
  * much per record.
  *
  * Theory of operation (reads without bounds). The walk costs what its instructions cost, and
- * half of them were bounds checks, so a record that ends at least FAST_SLACK bytes before the
- * records section does is read by fast_record, which does not check each varint against the
- * record's end. That is safe and exact because:
+ * checking every varint against its record's end was a good share of them, so a record that
+ * ends at least FAST_SLACK bytes before the records section does is read by fast_record,
+ * which does not. That is safe and exact because:
  *   - a record's fields start at q <= end (its length was checked), and every step moves q
  *     forward: a varint by at most 5 bytes (the timestamp varlong 10), a key, value or header
- *     key of length n only when n <= end - q, a null value by its 1-byte varint alone;
+ *     key of length n only when n <= end - q, a null by its varint alone;
  *   - so the reads go at most 10 + 5 + 5 + 5 + 5 + 5 = 35 bytes past `end` (timestamp, offset
  *     delta, key, value, header count, then a header key, whose length check fails for any
  *     q > end), which is inside the section when end <= its end - FAST_SLACK;
@@ -491,7 +491,9 @@ static inline const uint8_t *fast_field(const uint8_t *p, const uint8_t *end, in
 
 /* Record `index` at p (p < safe): where the next record starts, NULL if in doubt, or p itself
  * if this record ends past `safe` (fast_tail takes it). In lenient mode *previous is the
- * offset delta before it. Always inlined: a call per record costs a tenth of the walk. */
+ * offset delta before it. The next record's start depends on the length alone, so the CPU
+ * overlaps the walk of this record's fields with the next records' lengths. Always inlined:
+ * a call per record costs a tenth of the walk. */
 __attribute__((always_inline)) static inline const uint8_t *
 fast_record(const uint8_t *p, const uint8_t *safe, int32_t index, int32_t *previous,
             int32_t last_offset_delta, int strict)
@@ -634,13 +636,16 @@ static int records_certainly_valid(const uint8_t *p, size_t len, int32_t record_
 
 #ifdef PL_CRC_FOLD512
 /* Steps 4 and 6 of one batch in a single pass, for a CPU that folds CRCs with VPCLMULQDQ
- * (crc32c_internal.h): records_certainly_valid's loop, with the batch's CRC advancing by
- * `steps` 128-byte folds per record so that it keeps pace with the walk, then finished after
- * it. The walk is bound by its scalar instructions and leaves the vector units idle, so the
- * CRC costs little more than its loads and multiplies. b[0..size) is a whole batch of at least
- * FUSED_MIN_SIZE bytes. Returns the CRC-32C of b[21..size) (as pl_crc32c(0, ...) would) and
- * sets *records_valid to what records_certainly_valid would answer; the CRC is finished even
- * when the walk gives up early, since its verdict comes first. */
+ * (crc32c_internal.h): records_certainly_valid's loop, in which the batch's CRC also folds
+ * the 128 bytes the walk has most recently passed (in L1 by then) whenever it trails by that
+ * much, and is finished after the loop. The walk is bound by its scalar instructions and
+ * leaves the vector units idle, so the CRC costs little more than its loads and multiplies.
+ * (At most one step per record keeps the loop free of an inner loop; a batch of long records
+ * leaves most of its CRC to the finishing loop, which is as fast as pl_crc32c.)
+ * b[0..size) is a whole batch of at least FUSED_MIN_SIZE bytes. Returns the CRC-32C of
+ * b[21..size) (as pl_crc32c(0, ...) would) and sets *records_valid to what
+ * records_certainly_valid would answer; the CRC is finished even when the walk gives up early,
+ * since its verdict comes first. */
 #define FUSED_MIN_SIZE (OFF_ATTRIBUTES + PL_FOLD512_MIN_LEN)
 
 PL_FOLD512_TARGET
@@ -648,25 +653,23 @@ static uint32_t crc_with_records(const uint8_t *b, size_t size, int32_t record_c
                                  int32_t last_offset_delta, uint32_t flags, int *records_valid)
 {
     const uint8_t *const end_all = b + size;
-    const uint8_t *const crc_last = end_all - 128; /* where the last whole step may start */
-    const uint8_t *c = b + OFF_ATTRIBUTES;         /* the CRC has folded everything before c */
+    const uint8_t *c = b + OFF_ATTRIBUTES; /* the CRC has folded everything before c */
     __m512i x0, x1;
     pl_fold2_begin(0xffffffffu, c, &x0, &x1);
     c += 128;
     const __m512i k128 = pl_fold_constant512(PL_FOLD_128_L, PL_FOLD_128_H);
-
     const uint8_t *p = b + PL_BATCH_HEADER_SIZE;
     const size_t len = size - PL_BATCH_HEADER_SIZE;
-    const size_t per_record = record_count > 0 ? len / (size_t)record_count : len;
-    const size_t steps = (per_record + 127) / 128;
     const int strict = (flags & PL_VALIDATE_STRICT) != 0;
     int32_t index = 0, previous = -1;
     int valid = 0;
     if (len > FAST_SLACK) {
         const uint8_t *const safe = end_all - FAST_SLACK;
         for (; index < record_count && p < safe; index++) {
-            for (size_t s = 0; s < steps && c <= crc_last; s++, c += 128)
+            if ((uintptr_t)c + 128 <= (uintptr_t)p) {
                 pl_fold2_step(&x0, &x1, k128, c);
+                c += 128;
+            }
             const uint8_t *next = fast_record(p, safe, index, &previous, last_offset_delta,
                                               strict);
             if (next == p)

@@ -222,33 +222,14 @@ static uint32_t raw_sse42(uint32_t crc, const uint8_t *p, size_t len)
 /* ---- x86-64 AVX-512 VPCLMULQDQ folding ---------------------------------------------------- */
 
 #ifdef PL_CRC_FOLD512
-/* len >= PL_FOLD512_MIN_LEN. Four accumulators 64 bytes apart move 256 bytes per step (enough
- * independent multiplies in flight to keep the multiplier busy), then become the two that
- * pl_fold2_finish expects: the first two folded forward 128 bytes onto the last two. */
+/* len >= PL_FOLD512_MIN_LEN: the first 128 bytes start two accumulators, the folding
+ * finishes the rest (crc32c_internal.h). */
 PL_FOLD512_TARGET
 static uint32_t raw_fold512(uint32_t crc, const uint8_t *p, size_t len)
 {
-    const uint8_t *const end = p + len;
     __m512i x0, x1;
     pl_fold2_begin(crc, p, &x0, &x1);
-    p += 128;
-    if (end - p >= 384) {
-        __m512i x2 = _mm512_loadu_si512((const void *)p);
-        __m512i x3 = _mm512_loadu_si512((const void *)(p + 64));
-        p += 128;
-        const __m512i k256 = pl_fold_constant512(PL_FOLD_256_L, PL_FOLD_256_H);
-        while (end - p >= 256) {
-            x0 = pl_fold512(x0, k256, _mm512_loadu_si512((const void *)p));
-            x1 = pl_fold512(x1, k256, _mm512_loadu_si512((const void *)(p + 64)));
-            x2 = pl_fold512(x2, k256, _mm512_loadu_si512((const void *)(p + 128)));
-            x3 = pl_fold512(x3, k256, _mm512_loadu_si512((const void *)(p + 192)));
-            p += 256;
-        }
-        const __m512i k128 = pl_fold_constant512(PL_FOLD_128_L, PL_FOLD_128_H);
-        x0 = pl_fold512(x0, k128, x2);
-        x1 = pl_fold512(x1, k128, x3);
-    }
-    return pl_fold2_finish(x0, x1, p, end);
+    return pl_fold2_finish(x0, x1, p + 128, p + len);
 }
 #endif
 

@@ -193,6 +193,9 @@ def test_seek_position_and_offset_lookups(broker):
             consumer.seek(tp, 57)
             assert await consumer.position(tp) == 57
             got = await consumer.getmany(timeout_ms=5000, max_records=10)
+            if tp not in got:  # DEBUG
+                st = consumer._assignment[tp]
+                print("DEBUGSTATE", {k: getattr(st, k) for k in st.__slots__}, consumer._fetching, consumer._tasks, consumer._errors, consumer._resetting, consumer._refreshing, consumer.cluster.snapshot)
             assert [r.offset for r in got[tp]] == list(range(57, 67))
             assert await consumer.position(tp) == 67
             consumer.seek_to_end()
@@ -200,6 +203,10 @@ def test_seek_position_and_offset_lookups(broker):
             assert await consumer.getmany(timeout_ms=100) == {}
             consumer.seek_to_beginning(tp)
             got = await consumer.getmany(timeout_ms=5000, max_records=1)
+            if tp not in got:  # DEBUG
+                st = consumer._assignment[tp]
+                print("DEBUGSTATE", {k: getattr(st, k) for k in st.__slots__}, consumer._fetching, consumer._tasks, consumer._errors, consumer._resetting, consumer._refreshing, consumer.cluster.snapshot)
+                for t in consumer.trace: print("TRACE", t)
             assert got[tp][0].offset == 0 and got[tp][0].value == b"0"
             assert consumer.highwater(tp) == 100
     run(scenario())

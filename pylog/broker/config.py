@@ -150,7 +150,7 @@ class BrokerConfig:
             try:
                 object.__setattr__(self, "fsync", parse_fsync_policy(self.fsync))
             except ConfigError as exc:
-                raise BrokerConfigError("fsync", str(exc)) from None
+                raise BrokerConfigError("fsync", _reason(exc)) from None
         # The topic-level settings are checked by LogConfig itself, under the broker names.
         self.log_config()
 
@@ -167,7 +167,7 @@ class BrokerConfig:
                 min_insync_replicas=self.min_insync_replicas)
         except ConfigError as exc:
             raise BrokerConfigError(_BROKER_NAME_OF_TOPIC_NAME.get(exc.name, exc.name),
-                                    str(exc).split(": ", 1)[-1]) from None
+                                    _reason(exc)) from None
 
     @property
     def advertised_hostname(self) -> str:
@@ -202,7 +202,7 @@ class BrokerConfig:
             except (ValueError, ConfigError) as exc:
                 if isinstance(exc, BrokerConfigError):
                     raise
-                raise BrokerConfigError(key, f"bad value {raw!r}: {exc}") from None
+                raise BrokerConfigError(key, f"bad value {raw!r}: {_reason(exc)}") from None
         if base is None:
             if "data_dir" not in values and data_dir is None:
                 raise BrokerConfigError("log.dirs", "a data directory is required")
@@ -407,6 +407,13 @@ _BROKER_NAME_OF_TOPIC_NAME = {
     "retention.ms": "log.retention.ms", "retention.bytes": "log.retention.bytes",
     "flush.messages": "log.flush.interval.messages", "flush.ms": "log.flush.interval.ms",
 }
+
+
+def _reason(exc: Exception) -> str:
+    """The message of ``exc`` without the "name: " prefix a ConfigError puts in front."""
+    if isinstance(exc, ConfigError):
+        return str(exc).split(": ", 1)[-1]
+    return str(exc)
 
 
 def _did_you_mean(key: str) -> str:

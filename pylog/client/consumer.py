@@ -122,6 +122,7 @@ class AsyncConsumer:
         self._errors: collections.deque[Exception] = collections.deque()
         self._data_ready: asyncio.Event | None = None
         self._round_robin = 0
+        self.trace = []
         self._started = False
         self._closed = False
 
@@ -192,6 +193,7 @@ class AsyncConsumer:
         self._seek_to(tps, LATEST)
 
     def _seek_to(self, tps, where: int) -> None:
+        self.trace.append(("seek_to", where, time.monotonic()))
         for tp in tps or list(self._assignment):
             state = self._state(tp)
             state.clear_buffer()
@@ -470,7 +472,9 @@ class AsyncConsumer:
             epochs[tp] = state.seek_epoch
         if not wanted:
             return
+        self.trace.append(("reset start", wanted, epochs, time.monotonic()))
         found = await self._list_offsets(wanted)
+        self.trace.append(("reset found", found, {tp: self._assignment[tp].seek_epoch for tp in found}, time.monotonic()))
         for tp, answer in found.items():
             state = self._assignment.get(tp)
             if state is None or state.seek_epoch != epochs[tp] or state.position is not None:
@@ -480,6 +484,7 @@ class AsyncConsumer:
     async def _fetch(self, node_id: int, tps: list[TopicPartition]) -> None:
         sent = {tp: (self._assignment[tp].fetch_offset, self._assignment[tp].seek_epoch)
                 for tp in tps}
+        self.trace.append(("fetch", sent, time.monotonic()))
         try:
             try:
                 connection = await self.cluster.connection(node_id)
@@ -540,6 +545,7 @@ class AsyncConsumer:
         if state is None or state.seek_epoch != epoch or state.fetch_offset != fetch_offset:
             return  # unassigned, or sought since the request left
         code = int(p.error_code)
+        self.trace.append(("answer", sent, code, len(p.records or b""), time.monotonic()))
         state.high_watermark = int(p.high_watermark)
         state.log_start_offset = int(getattr(p, "log_start_offset", -1))
         state.last_stable_offset = int(getattr(p, "last_stable_offset", -1))
