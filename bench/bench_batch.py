@@ -6,7 +6,7 @@ Inputs are 1 MiB of uncompressed batches of 16 KiB (Kafka clients' default batch
 100-byte or 1 KiB values, so the validation figures include walking every record's varints,
 which is what the Produce path pays. The compressed variant shows what the decompression
 inside validate_for_append costs on top of it. On CPUs with AVX-512 and VPCLMULQDQ the CRC runs
-in the same pass as the record walk (csrc/batch.c, crc_with_records); the records-only and
+in the same pass as the record walk (csrc/records.c, pl_crc_with_records); the records-only and
 portable-CRC variants show the two halves of that pass and what it saves.
 """
 import os

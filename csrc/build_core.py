@@ -14,7 +14,7 @@ import shlex
 from cffi import FFI
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-SOURCES = ["crc32c.c", "batch.c", "segment.c"]
+SOURCES = ["crc32c.c", "batch.c", "records.c", "segment.c"]
 
 
 def _cdef_text() -> str:

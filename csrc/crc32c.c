@@ -7,7 +7,7 @@
  *                       keep the unit busy); when the CPU also has AVX-512 and VPCLMULQDQ,
  *                       buffers of PL_FOLD512_MIN_LEN bytes or more are folded 256 bytes at a
  *                       time with carry-less multiplies instead (about twice the crc32q
- *                       limit; crc32c_internal.h explains the folding, which batch.c also
+ *                       limit; crc32c_internal.h explains the folding, which records.c also
  *                       runs inside its record walk). pl_crc32c_impl() still says 1;
  *   aarch64 with CRC    the ARMv8 crc32cx instruction, one stream;
  *   anything else       portable slicing-by-8 tables.
@@ -25,8 +25,7 @@
 #include <stddef.h>
 #include <string.h>
 
-#include "pylog_core.h"
-#include "crc32c_internal.h"
+#include "internal.h"
 
 #if defined(__x86_64__) || defined(_M_X64)
 #define PL_CRC_X86 1
@@ -50,7 +49,9 @@ static uint32_t slice_table[8][256];
 static uint32_t zeros_long[4][256];
 static uint32_t zeros_short[4][256];
 static int detected_impl;      /* 0 portable, 1 sse4.2, 2 armv8: what the CPU offers */
+#ifdef PL_CRC_FOLD512
 static int detected_fold512;   /* 1: impl 1 and the CPU (and OS) also offer AVX-512 + VPCLMULQDQ */
+#endif
 static int forced_portable;    /* tests set this to exercise the portable path */
 
 /* ---- portable slicing-by-8 ---------------------------------------------------------------- */
@@ -70,16 +71,6 @@ static void build_slice_table(void)
             slice_table[k][n] = crc;
         }
     }
-}
-
-static uint64_t load_le64(const uint8_t *p)
-{
-    uint64_t v;
-    memcpy(&v, p, 8);
-#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
-    v = __builtin_bswap64(v);
-#endif
-    return v;
 }
 
 static uint32_t raw_portable(uint32_t crc, const uint8_t *p, size_t len)
@@ -172,6 +163,25 @@ static inline uint32_t shift_crc(uint32_t table[4][256], uint32_t crc)
 /* ---- x86-64 SSE4.2 ------------------------------------------------------------------------ */
 
 #ifdef PL_CRC_X86
+/* Extend raw register crc0 over p[0..3 * block): three streams of `block` bytes run side by
+ * side, the second and third from 0, and are combined with `zeros` (the operator for `block`
+ * zero bytes). Always inlined, so that block is a constant in each loop that uses it. */
+__attribute__((target("sse4.2"), always_inline))
+static inline uint64_t sse42_three_streams(uint64_t crc0, const uint8_t *p, size_t block,
+                                           uint32_t zeros[4][256])
+{
+    uint64_t crc1 = 0, crc2 = 0;
+    const uint8_t *end = p + block;
+    do {
+        crc0 = _mm_crc32_u64(crc0, load_le64(p));
+        crc1 = _mm_crc32_u64(crc1, load_le64(p + block));
+        crc2 = _mm_crc32_u64(crc2, load_le64(p + 2 * block));
+        p += 8;
+    } while (p < end);
+    crc0 = shift_crc(zeros, (uint32_t)crc0) ^ (uint32_t)crc1;
+    return shift_crc(zeros, (uint32_t)crc0) ^ (uint32_t)crc2;
+}
+
 __attribute__((target("sse4.2")))
 static uint32_t raw_sse42(uint32_t crc, const uint8_t *p, size_t len)
 {
@@ -181,31 +191,13 @@ static uint32_t raw_sse42(uint32_t crc, const uint8_t *p, size_t len)
         len--;
     }
     while (len >= 3 * LONG_BLOCK) {
-        uint64_t crc1 = 0, crc2 = 0;
-        const uint8_t *end = p + LONG_BLOCK;
-        do {
-            crc0 = _mm_crc32_u64(crc0, load_le64(p));
-            crc1 = _mm_crc32_u64(crc1, load_le64(p + LONG_BLOCK));
-            crc2 = _mm_crc32_u64(crc2, load_le64(p + 2 * LONG_BLOCK));
-            p += 8;
-        } while (p < end);
-        crc0 = shift_crc(zeros_long, (uint32_t)crc0) ^ (uint32_t)crc1;
-        crc0 = shift_crc(zeros_long, (uint32_t)crc0) ^ (uint32_t)crc2;
-        p += 2 * LONG_BLOCK;
+        crc0 = sse42_three_streams(crc0, p, LONG_BLOCK, zeros_long);
+        p += 3 * LONG_BLOCK;
         len -= 3 * LONG_BLOCK;
     }
     while (len >= 3 * SHORT_BLOCK) {
-        uint64_t crc1 = 0, crc2 = 0;
-        const uint8_t *end = p + SHORT_BLOCK;
-        do {
-            crc0 = _mm_crc32_u64(crc0, load_le64(p));
-            crc1 = _mm_crc32_u64(crc1, load_le64(p + SHORT_BLOCK));
-            crc2 = _mm_crc32_u64(crc2, load_le64(p + 2 * SHORT_BLOCK));
-            p += 8;
-        } while (p < end);
-        crc0 = shift_crc(zeros_short, (uint32_t)crc0) ^ (uint32_t)crc1;
-        crc0 = shift_crc(zeros_short, (uint32_t)crc0) ^ (uint32_t)crc2;
-        p += 2 * SHORT_BLOCK;
+        crc0 = sse42_three_streams(crc0, p, SHORT_BLOCK, zeros_short);
+        p += 3 * SHORT_BLOCK;
         len -= 3 * SHORT_BLOCK;
     }
     while (len >= 8) {

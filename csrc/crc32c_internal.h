@@ -1,8 +1,9 @@
 /*
- * crc32c_internal.h - what csrc/crc32c.c shares with csrc/batch.c and nothing else: the
- * CRC-32C folding steps for x86-64 CPUs with AVX-512 and VPCLMULQDQ, so that batch.c can run a
- * batch's CRC in the same loop as its record walk. Not part of the Python-visible API
- * (pylog_core.h); nothing here is in the cffi cdef.
+ * crc32c_internal.h - what csrc/crc32c.c shares with csrc/records.c and nothing else: the
+ * CRC-32C folding steps for x86-64 CPUs with AVX-512 and VPCLMULQDQ, so that records.c can run
+ * a batch's CRC in the same loop as its record walk. Not part of the Python-visible API
+ * (pylog_core.h); nothing here is in the cffi cdef. Included through internal.h only (whose
+ * load_le64 and PL_INTERNAL it uses), never directly.
  *
  * Everything CPU-specific carries a target attribute (PL_FOLD512_TARGET), never a global -m
  * flag: callers must be PL_FOLD512_TARGET functions themselves and may run only when
@@ -33,9 +34,9 @@
 #ifndef PYLOG_CRC32C_INTERNAL_H
 #define PYLOG_CRC32C_INTERNAL_H
 
-#include <stddef.h>
-#include <stdint.h>
-#include <string.h>
+#ifndef PYLOG_INTERNAL_H
+#error "include internal.h, which includes crc32c_internal.h"
+#endif
 
 #if defined(__x86_64__) && \
     ((defined(__clang__) && __clang_major__ >= 8) || (!defined(__clang__) && __GNUC__ >= 8))
@@ -52,7 +53,7 @@
 
 /* 1 when the CPU offers AVX-512F/VL and VPCLMULQDQ (and the OS saves their state) and the
  * portable CRC is not forced: only then may a PL_FOLD512_TARGET function run. crc32c.c. */
-__attribute__((visibility("hidden"))) int pl_crc32c_fold512_active(void);
+PL_INTERNAL int pl_crc32c_fold512_active(void);
 
 /* {K_L, K_H} per 16-byte lane for folding forward by 16, 64, 128 and 256 bytes. */
 #define PL_FOLD_16_L 0xf20c0dfeu
@@ -148,9 +149,7 @@ PL_FOLD512_TARGET static inline uint32_t pl_fold2_finish(__m512i x0, __m512i x1,
     uint64_t crc = _mm_crc32_u64(0, (uint64_t)_mm_cvtsi128_si64(x));
     crc = _mm_crc32_u64(crc, (uint64_t)_mm_extract_epi64(x, 1));
     if (end - p >= 8) {
-        uint64_t word;
-        memcpy(&word, p, sizeof(word));
-        crc = _mm_crc32_u64(crc, word);
+        crc = _mm_crc32_u64(crc, load_le64(p));
         p += 8;
     }
     while (p < end)

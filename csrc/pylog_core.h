@@ -58,7 +58,7 @@ void pl_crc32c_force_portable(int on);
 uint32_t pl_crc32c(uint32_t crc, const uint8_t *buf, size_t len);
 uint32_t pl_crc32c_portable(uint32_t crc, const uint8_t *buf, size_t len);
 
-/* ---- RecordBatch v2, csrc/batch.c --------------------------------------------------------- */
+/* ---- RecordBatch v2, csrc/batch.c (records: csrc/records.c) ------------------------------- */
 /* Batch header layout (61 bytes): baseOffset i64 @0, batchLength i32 @8, partitionLeaderEpoch
  * i32 @12, magic i8 @16, crc u32 @17, attributes i16 @21, lastOffsetDelta i32 @23,
  * firstTimestamp i64 @27, maxTimestamp i64 @35, producerId i64 @43, producerEpoch i16 @51,

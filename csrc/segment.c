@@ -51,14 +51,11 @@
  * PL_E_OFFSET, never a wrong position. CRCs are recovery's business, from the recovery point.
  */
 #include <errno.h>
-#include <stdarg.h>
-#include <stdio.h>
-#include <string.h>
 #include <sys/stat.h>
 #include <sys/types.h>
 #include <unistd.h>
 
-#include "pylog_core.h"
+#include "internal.h"
 
 #define INDEX_ENTRY_SIZE 8
 #define TIMEINDEX_ENTRY_SIZE 12
@@ -66,79 +63,28 @@
 #define MAX_RELATIVE INT32_MAX   /* Kafka's bound on offset - base_offset */
 #define HEADER_WINDOW 4096       /* bytes pread at once when walking batch headers */
 #define RECOVERY_INFOS 128       /* batches validated per pl_batches_validate call */
-#define OFF_BATCH_LENGTH 8
-
-/* ---- big-endian loads and stores ---------------------------------------------------------- */
-
-#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
-#define BE32(x) (x)
-#define BE64(x) (x)
-#else
-#define BE32(x) __builtin_bswap32(x)
-#define BE64(x) __builtin_bswap64(x)
-#endif
-
-static inline uint32_t load_be32(const uint8_t *p)
-{
-    uint32_t v;
-    memcpy(&v, p, sizeof(v));
-    return BE32(v);
-}
-
-static inline uint64_t load_be64(const uint8_t *p)
-{
-    uint64_t v;
-    memcpy(&v, p, sizeof(v));
-    return BE64(v);
-}
-
-static inline void store_be32(uint8_t *p, uint32_t v)
-{
-    v = BE32(v);
-    memcpy(p, &v, sizeof(v));
-}
-
-static inline void store_be64(uint8_t *p, uint64_t v)
-{
-    v = BE64(v);
-    memcpy(p, &v, sizeof(v));
-}
 
 /* ---- errors ------------------------------------------------------------------------------- */
 
-static void error_reset(pl_error *err)
+/* Record a failure (internal.h, error_vset) about the batch at file position batch_position
+ * (-1: none) and return its status. */
+__attribute__((format(printf, 5, 6))) static int fail_batch(pl_error *err, int status,
+                                                            int64_t batch_position,
+                                                            int64_t error_position,
+                                                            const char *fmt, ...)
 {
-    if (err == NULL)
-        return;
-    err->status = PL_OK;
-    err->batch_index = -1;
-    err->batch_position = -1;
-    err->error_position = -1;
-    err->record_index = -1;
-    err->sys_errno = 0;
-    err->message[0] = '\0';
-}
-
-/* Record a failure about the batch at batch_position (-1: none) and return its status. */
-static int fail(pl_error *err, int status, int64_t batch_position, int64_t error_position,
-                const char *fmt, ...)
-{
-    if (err == NULL)
-        return status;
-    err->status = status;
-    err->batch_position = batch_position;
-    err->error_position = error_position;
-    err->sys_errno = 0;
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(err->message, sizeof(err->message), fmt, ap);
+    error_vset(err, status, error_position, fmt, ap);
     va_end(ap);
+    if (err != NULL)
+        err->batch_position = batch_position;
     return status;
 }
 
 static int fail_io(pl_error *err, int saved_errno, int64_t position, const char *what)
 {
-    fail(err, PL_E_IO, -1, position, "%s at byte %lld failed", what, (long long)position);
+    fail_batch(err, PL_E_IO, -1, position, "%s at byte %lld failed", what, (long long)position);
     if (err != NULL)
         err->sys_errno = saved_errno;
     return PL_E_IO;
@@ -215,66 +161,71 @@ static int pwrite_full(int fd, const uint8_t *buf, size_t len, int64_t position)
 
 /* ---- index entries ------------------------------------------------------------------------ */
 
+/* Where each field lies in its entry (layout in pylog_core.h). */
+#define INDEX_RELATIVE_AT 0   /* .index: relative offset, u32 */
+#define INDEX_POSITION_AT 4   /* .index: file position, u32 */
+#define TIME_TIMESTAMP_AT 0   /* .timeindex: timestamp, i64 */
+#define TIME_RELATIVE_AT 8    /* .timeindex: relative offset, u32 */
+
 static inline uint32_t index_relative(const pl_segment *seg, uint32_t i)
 {
-    return load_be32(seg->index + (size_t)i * INDEX_ENTRY_SIZE);
+    return load_be32(seg->index + (size_t)i * INDEX_ENTRY_SIZE + INDEX_RELATIVE_AT);
 }
 
 static inline uint32_t index_position(const pl_segment *seg, uint32_t i)
 {
-    return load_be32(seg->index + (size_t)i * INDEX_ENTRY_SIZE + 4);
+    return load_be32(seg->index + (size_t)i * INDEX_ENTRY_SIZE + INDEX_POSITION_AT);
 }
 
 static inline int64_t time_timestamp(const pl_segment *seg, uint32_t i)
 {
-    return (int64_t)load_be64(seg->timeindex + (size_t)i * TIMEINDEX_ENTRY_SIZE);
+    const uint8_t *entry = seg->timeindex + (size_t)i * TIMEINDEX_ENTRY_SIZE;
+    return (int64_t)load_be64(entry + TIME_TIMESTAMP_AT);
 }
 
 static inline uint32_t time_relative(const pl_segment *seg, uint32_t i)
 {
-    return load_be32(seg->timeindex + (size_t)i * TIMEINDEX_ENTRY_SIZE + 8);
+    return load_be32(seg->timeindex + (size_t)i * TIMEINDEX_ENTRY_SIZE + TIME_RELATIVE_AT);
+}
+
+/* Number of entries among the first n of a map of entry_size-byte entries whose key is <=
+ * limit; the key is the big-endian field at byte `field` of each entry, a u32 or (field_size
+ * 8) an i64, and increases from entry to entry (as every index field does). */
+static uint32_t count_keys_at_or_below(const uint8_t *map, size_t entry_size, size_t field,
+                                       size_t field_size, uint32_t n, int64_t limit)
+{
+    uint32_t lo = 0, hi = n;
+    while (lo < hi) {
+        uint32_t mid = lo + (hi - lo) / 2;
+        const uint8_t *p = map + (size_t)mid * entry_size + field;
+        int64_t key = field_size == 8 ? (int64_t)load_be64(p) : (int64_t)load_be32(p);
+        if (key <= limit)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
 }
 
 /* Number of .index entries (among the first n) whose relative offset is <= relative. */
 static uint32_t index_count_at_or_below(const pl_segment *seg, uint32_t n, int64_t relative)
 {
-    uint32_t lo = 0, hi = n;
-    while (lo < hi) {
-        uint32_t mid = lo + (hi - lo) / 2;
-        if ((int64_t)index_relative(seg, mid) <= relative)
-            lo = mid + 1;
-        else
-            hi = mid;
-    }
-    return lo;
+    return count_keys_at_or_below(seg->index, INDEX_ENTRY_SIZE, INDEX_RELATIVE_AT, 4, n,
+                                  relative);
 }
 
 /* Number of .index entries (among the first n) whose position is <= position. */
 static uint32_t index_count_at_or_before(const pl_segment *seg, uint32_t n, int64_t position)
 {
-    uint32_t lo = 0, hi = n;
-    while (lo < hi) {
-        uint32_t mid = lo + (hi - lo) / 2;
-        if ((int64_t)index_position(seg, mid) <= position)
-            lo = mid + 1;
-        else
-            hi = mid;
-    }
-    return lo;
+    return count_keys_at_or_below(seg->index, INDEX_ENTRY_SIZE, INDEX_POSITION_AT, 4, n,
+                                  position);
 }
 
 /* Number of .timeindex entries whose timestamp is <= timestamp. */
 static uint32_t time_count_at_or_below(const pl_segment *seg, int64_t timestamp)
 {
-    uint32_t lo = 0, hi = seg->timeindex_entries;
-    while (lo < hi) {
-        uint32_t mid = lo + (hi - lo) / 2;
-        if (time_timestamp(seg, mid) <= timestamp)
-            lo = mid + 1;
-        else
-            hi = mid;
-    }
-    return lo;
+    return count_keys_at_or_below(seg->timeindex, TIMEINDEX_ENTRY_SIZE, TIME_TIMESTAMP_AT, 8,
+                                  seg->timeindex_entries, timestamp);
 }
 
 /* Zero entries [from, to) of a map that are not zero already (so a page that is only read
@@ -352,16 +303,16 @@ static int index_batch(pl_segment *seg, index_state *st, int64_t position, int64
             return PL_E_FULL;
         if (mode == INDEX_WRITE) {
             uint8_t *entry = seg->index + (size_t)next.index_entries * INDEX_ENTRY_SIZE;
-            store_be32(entry, (uint32_t)(base_offset - seg->base_offset));
-            store_be32(entry + 4, (uint32_t)position);
+            store_be32(entry + INDEX_RELATIVE_AT, (uint32_t)(base_offset - seg->base_offset));
+            store_be32(entry + INDEX_POSITION_AT, (uint32_t)position);
         }
         next.index_entries++;
         if (time_entry) {
             if (mode != INDEX_PLAN) {
                 uint8_t *entry =
                     seg->timeindex + (size_t)next.timeindex_entries * TIMEINDEX_ENTRY_SIZE;
-                store_be64(entry, (uint64_t)next.max_timestamp);
-                store_be32(entry + 8,
+                store_be64(entry + TIME_TIMESTAMP_AT, (uint64_t)next.max_timestamp);
+                store_be32(entry + TIME_RELATIVE_AT,
                            (uint32_t)(next.offset_of_max_timestamp - seg->base_offset));
             }
             next.timeindex_entries++;
@@ -400,8 +351,8 @@ static void reader_init(header_reader *r, int fd, int64_t limit)
 static int read_header(header_reader *r, int64_t position, pl_batch_info *info, pl_error *err)
 {
     if (position < 0 || position >= r->limit)
-        return fail(err, PL_E_ARG, position, position, "no batch at byte %lld (end %lld)",
-                    (long long)position, (long long)r->limit);
+        return fail_batch(err, PL_E_ARG, position, position, "no batch at byte %lld (end %lld)",
+                          (long long)position, (long long)r->limit);
     int64_t avail = r->limit - position;
     size_t need = avail < PL_BATCH_HEADER_SIZE ? (size_t)avail : PL_BATCH_HEADER_SIZE;
     if (position < r->start || position + (int64_t)need > r->start + (int64_t)r->len) {
@@ -412,9 +363,9 @@ static int read_header(header_reader *r, int64_t position, pl_batch_info *info, 
         r->start = position;
         r->len = (size_t)got;
         if ((size_t)got < need)
-            return fail(err, PL_E_TRUNCATED, position, position + got,
-                        "log file ends at byte %lld, inside the batch header at %lld",
-                        (long long)(position + got), (long long)position);
+            return fail_batch(err, PL_E_TRUNCATED, position, position + got,
+                              "log file ends at byte %lld, inside the batch header at %lld",
+                              (long long)(position + got), (long long)position);
     }
     int rc = pl_batch_peek(r->window + (position - r->start), need, info, err);
     if (rc != PL_OK) {
@@ -425,13 +376,13 @@ static int read_header(header_reader *r, int64_t position, pl_batch_info *info, 
     }
     info->position = position;
     if (info->size > avail)
-        return fail(err, PL_E_TRUNCATED, position, r->limit,
-                    "batch at byte %lld of %d bytes runs past the end at %lld",
-                    (long long)position, (int)info->size, (long long)r->limit);
+        return fail_batch(err, PL_E_TRUNCATED, position, r->limit,
+                          "batch at byte %lld of %d bytes runs past the end at %lld",
+                          (long long)position, (int)info->size, (long long)r->limit);
     if (info->last_offset_delta < 0)
-        return fail(err, PL_E_COUNT, position, position + 23,
-                    "batch at byte %lld has lastOffsetDelta %d", (long long)position,
-                    (int)info->last_offset_delta);
+        return fail_batch(err, PL_E_COUNT, position, position + OFF_LAST_OFFSET_DELTA,
+                          "batch at byte %lld has lastOffsetDelta %d", (long long)position,
+                          (int)info->last_offset_delta);
     return PL_OK;
 }
 
@@ -441,9 +392,9 @@ static int index_entry_mismatch(pl_error *err, int rc, int64_t named, int64_t po
 {
     if (rc == PL_E_IO || rc == PL_E_ARG)
         return rc;
-    return fail(err, PL_E_OFFSET, position, position,
-                "index entry names offset %lld at byte %lld, where no batch starts",
-                (long long)named, (long long)position);
+    return fail_batch(err, PL_E_OFFSET, position, position,
+                      "index entry names offset %lld at byte %lld, where no batch starts",
+                      (long long)named, (long long)position);
 }
 
 /* Check that a batch [base, base + delta] may follow next_offset in the segment: PL_E_OFFSET
@@ -452,13 +403,13 @@ static int check_offsets(const pl_segment *seg, int64_t next_offset, int64_t bas
                          int32_t last_offset_delta, int64_t position, pl_error *err)
 {
     if (base < next_offset)
-        return fail(err, PL_E_OFFSET, position, position,
-                    "batch at byte %lld starts at offset %lld, below %lld",
-                    (long long)position, (long long)base, (long long)next_offset);
+        return fail_batch(err, PL_E_OFFSET, position, position,
+                          "batch at byte %lld starts at offset %lld, below %lld",
+                          (long long)position, (long long)base, (long long)next_offset);
     if (last_offset_delta < 0 || base - seg->base_offset > MAX_RELATIVE - last_offset_delta)
-        return fail(err, PL_E_OFFSET, position, position,
-                    "batch at byte %lld ends past offset %lld, the segment's relative range",
-                    (long long)position, (long long)(seg->base_offset + MAX_RELATIVE));
+        return fail_batch(err, PL_E_OFFSET, position, position,
+                          "batch at byte %lld ends past offset %lld, the segment's relative range",
+                          (long long)position, (long long)(seg->base_offset + MAX_RELATIVE));
     return PL_OK;
 }
 
@@ -483,10 +434,10 @@ static int locate_offset(const pl_segment *seg, uint32_t n_entries, header_reade
         if (named >= 0) { /* the entry used must name this batch: a corrupt index is an error,
                              never a wrong answer */
             if (info->base_offset != named)
-                return fail(err, PL_E_OFFSET, pos, pos,
-                            "index entry names offset %lld at byte %lld, the batch there "
-                            "starts at %lld", (long long)named, (long long)pos,
-                            (long long)info->base_offset);
+                return fail_batch(err, PL_E_OFFSET, pos, pos,
+                                  "index entry names offset %lld at byte %lld, the batch there "
+                                  "starts at %lld", (long long)named, (long long)pos,
+                                  (long long)info->base_offset);
             named = -1;
         }
         if (info->base_offset + info->last_offset_delta >= offset) {
@@ -502,14 +453,14 @@ static int locate_offset(const pl_segment *seg, uint32_t n_entries, header_reade
 static int check_segment(const pl_segment *seg, pl_error *err)
 {
     if (seg == NULL)
-        return fail(err, PL_E_ARG, -1, -1, "no segment");
+        return fail_batch(err, PL_E_ARG, -1, -1, "no segment");
     if (seg->base_offset < 0 || seg->next_offset < seg->base_offset ||
         seg->log_size < 0 || seg->log_size > MAX_LOG_SIZE ||
         seg->index_entries > seg->index_max_entries ||
         seg->timeindex_entries > seg->timeindex_max_entries ||
         (seg->index == NULL && seg->index_max_entries > 0) ||
         (seg->timeindex == NULL && seg->timeindex_max_entries > 0))
-        return fail(err, PL_E_ARG, -1, -1, "segment state out of range");
+        return fail_batch(err, PL_E_ARG, -1, -1, "segment state out of range");
     return PL_OK;
 }
 
@@ -523,13 +474,13 @@ int pl_segment_append(pl_segment *seg, const uint8_t *buf, size_t len,
     if (rc != PL_OK)
         return rc;
     if ((buf == NULL && len > 0) || (infos == NULL && n_infos > 0) || (len == 0) != (n_infos == 0))
-        return fail(err, PL_E_ARG, -1, -1, "bad arguments");
+        return fail_batch(err, PL_E_ARG, -1, -1, "bad arguments");
     if (len == 0)
         return PL_OK;
     if (len > (size_t)(MAX_LOG_SIZE - seg->log_size))
-        return fail(err, PL_E_FULL, -1, -1,
-                    "%zu bytes at %lld would pass the 2^31-1 byte segment limit", len,
-                    (long long)seg->log_size);
+        return fail_batch(err, PL_E_FULL, -1, -1,
+                          "%zu bytes at %lld would pass the 2^31-1 byte segment limit", len,
+                          (long long)seg->log_size);
 
     /* Pass 1: the infos must tile buf; offsets move forward; the index entries fit. */
     index_state plan = index_state_of(seg);
@@ -539,10 +490,10 @@ int pl_segment_append(pl_segment *seg, const uint8_t *buf, size_t len,
         const pl_batch_info *info = &infos[i];
         if (info->position != (int64_t)at || info->size < PL_BATCH_HEADER_SIZE ||
             (size_t)info->size > len - at)
-            return fail(err, PL_E_ARG, info->position, info->position,
-                        "infos[%zu] (position %lld, size %d) does not tile the buffer", i,
-                        (long long)info->position, (int)info->size);
-        int64_t base = (int64_t)load_be64(buf + at);
+            return fail_batch(err, PL_E_ARG, info->position, info->position,
+                              "infos[%zu] (position %lld, size %d) does not tile the buffer", i,
+                              (long long)info->position, (int)info->size);
+        int64_t base = (int64_t)load_be64(buf + at + OFF_BASE_OFFSET);
         rc = check_offsets(seg, next_offset, base, info->last_offset_delta, (int64_t)at, err);
         if (rc != PL_OK) {
             if (err != NULL)
@@ -552,16 +503,16 @@ int pl_segment_append(pl_segment *seg, const uint8_t *buf, size_t len,
         int64_t last = base + info->last_offset_delta;
         if (index_batch(seg, &plan, seg->log_size + (int64_t)at, base, last, info->size,
                         info->max_timestamp, INDEX_PLAN) != PL_OK)
-            return fail(err, PL_E_FULL, (int64_t)at, -1,
-                        "index full (%u of %u entries, time index %u of %u)",
-                        plan.index_entries, seg->index_max_entries, plan.timeindex_entries,
-                        seg->timeindex_max_entries);
+            return fail_batch(err, PL_E_FULL, (int64_t)at, -1,
+                              "index full (%u of %u entries, time index %u of %u)",
+                              plan.index_entries, seg->index_max_entries, plan.timeindex_entries,
+                              seg->timeindex_max_entries);
         next_offset = last + 1;
         at += (size_t)info->size;
     }
     if (at != len)
-        return fail(err, PL_E_ARG, (int64_t)at, (int64_t)at,
-                    "infos cover %zu of the %zu bytes", at, len);
+        return fail_batch(err, PL_E_ARG, (int64_t)at, (int64_t)at,
+                          "infos cover %zu of the %zu bytes", at, len);
 
     /* Write; on failure cut the file back so it matches the (unchanged) state. */
     if (pwrite_full(seg->log_fd, buf, len, seg->log_size) != 0) {
@@ -575,7 +526,7 @@ int pl_segment_append(pl_segment *seg, const uint8_t *buf, size_t len,
     index_state st = index_state_of(seg);
     at = 0;
     for (size_t i = 0; i < n_infos; i++) {
-        int64_t base = (int64_t)load_be64(buf + at);
+        int64_t base = (int64_t)load_be64(buf + at + OFF_BASE_OFFSET);
         index_batch(seg, &st, seg->log_size + (int64_t)at, base,
                     base + infos[i].last_offset_delta, infos[i].size, infos[i].max_timestamp,
                     INDEX_WRITE);
@@ -596,7 +547,7 @@ int pl_segment_lookup(const pl_segment *seg, int64_t offset, int64_t *position, 
     if (rc != PL_OK)
         return rc;
     if (position == NULL)
-        return fail(err, PL_E_ARG, -1, -1, "bad arguments");
+        return fail_batch(err, PL_E_ARG, -1, -1, "bad arguments");
     if (offset >= seg->next_offset) {
         *position = seg->log_size;
         return PL_OK;
@@ -615,7 +566,7 @@ int pl_segment_lookup_time(const pl_segment *seg, int64_t timestamp, int64_t *po
     if (rc != PL_OK)
         return rc;
     if (position == NULL || base_offset == NULL)
-        return fail(err, PL_E_ARG, -1, -1, "bad arguments");
+        return fail_batch(err, PL_E_ARG, -1, -1, "bad arguments");
     *position = seg->log_size;
     *base_offset = -1;
     if (seg->log_size == 0 || timestamp > seg->max_timestamp)
@@ -634,9 +585,9 @@ int pl_segment_lookup_time(const pl_segment *seg, int64_t timestamp, int64_t *po
             return rc;
         if (pos >= seg->log_size || info.base_offset + info.last_offset_delta != offset ||
             info.max_timestamp != named_ts)
-            return fail(err, PL_E_OFFSET, pos, pos,
-                        "time index entry %u (%lld, offset %lld) does not match the log",
-                        n - 1, (long long)named_ts, (long long)offset);
+            return fail_batch(err, PL_E_OFFSET, pos, pos,
+                              "time index entry %u (%lld, offset %lld) does not match the log",
+                              n - 1, (long long)named_ts, (long long)offset);
     }
     while (pos < seg->log_size) {
         rc = read_header(&r, pos, &info, err);
@@ -661,9 +612,9 @@ int pl_segment_read_span(const pl_segment *seg, int64_t start_position, int64_t 
         return rc;
     if (length == NULL || start_position < 0 || start_position > end_position ||
         end_position > seg->log_size || max_bytes < 0)
-        return fail(err, PL_E_ARG, -1, -1, "bad span [%lld, %lld) of %lld bytes",
-                    (long long)start_position, (long long)end_position,
-                    (long long)seg->log_size);
+        return fail_batch(err, PL_E_ARG, -1, -1, "bad span [%lld, %lld) of %lld bytes",
+                          (long long)start_position, (long long)end_position,
+                          (long long)seg->log_size);
     *length = 0;
     if (start_position == end_position)
         return PL_OK;
@@ -687,10 +638,10 @@ int pl_segment_read_span(const pl_segment *seg, int64_t start_position, int64_t 
         if (rc != PL_OK)
             return named >= 0 ? index_entry_mismatch(err, rc, named, pos) : rc;
         if (named >= 0 && info.base_offset != named)
-            return fail(err, PL_E_OFFSET, pos, pos,
-                        "index entry names offset %lld at byte %lld, the batch there starts "
-                        "at %lld", (long long)named, (long long)pos,
-                        (long long)info.base_offset);
+            return fail_batch(err, PL_E_OFFSET, pos, pos,
+                              "index entry names offset %lld at byte %lld, the batch there starts "
+                              "at %lld", (long long)named, (long long)pos,
+                              (long long)info.base_offset);
         named = -1;
         if (pos + info.size > limit)
             break;
@@ -715,16 +666,16 @@ int pl_segment_load(pl_segment *seg, int64_t end_position, pl_error *err)
     if (rc != PL_OK)
         return rc;
     if (end_position < 0 || end_position > MAX_LOG_SIZE)
-        return fail(err, PL_E_ARG, -1, -1, "end position %lld out of range",
-                    (long long)end_position);
+        return fail_batch(err, PL_E_ARG, -1, -1, "end position %lld out of range",
+                          (long long)end_position);
     uint32_t old_index = seg->index_entries, old_time = seg->timeindex_entries;
     struct stat sb;
     if (fstat(seg->log_fd, &sb) != 0)
         return fail_io(err, errno, end_position, "fstat of the log");
     if ((int64_t)sb.st_size < end_position)
-        return fail(err, PL_E_TRUNCATED, -1, (int64_t)sb.st_size,
-                    "the log has %lld bytes, fewer than the %lld to load",
-                    (long long)sb.st_size, (long long)end_position);
+        return fail_batch(err, PL_E_TRUNCATED, -1, (int64_t)sb.st_size,
+                          "the log has %lld bytes, fewer than the %lld to load",
+                          (long long)sb.st_size, (long long)end_position);
 
     /* The plausible prefix of each index: k .index entries below end_position, t entries. */
     uint32_t k = 0;
@@ -774,9 +725,9 @@ int pl_segment_load(pl_segment *seg, int64_t end_position, pl_error *err)
         if (walk_from >= end_position ||
             info.base_offset + info.last_offset_delta != named_off ||
             info.max_timestamp != named_ts)
-            return fail(err, PL_E_OFFSET, walk_from, walk_from,
-                        "time index entry %u (%lld, offset %lld) does not match the log",
-                        t - 1, (long long)named_ts, (long long)named_off);
+            return fail_batch(err, PL_E_OFFSET, walk_from, walk_from,
+                              "time index entry %u (%lld, offset %lld) does not match the log",
+                              t - 1, (long long)named_ts, (long long)named_off);
         st.timeindex_entries = t;
         st.last_indexed_timestamp = named_ts; /* max_timestamp becomes it at walk_from */
     }
@@ -799,16 +750,16 @@ int pl_segment_load(pl_segment *seg, int64_t end_position, pl_error *err)
             int64_t kept_pos = index_position(seg, next_kept);
             int64_t kept_off = seg->base_offset + index_relative(seg, next_kept);
             if (kept_pos < pos || (kept_pos == pos && kept_off != info.base_offset))
-                return fail(err, PL_E_OFFSET, kept_pos, kept_pos,
-                            "index entry %u (offset %lld, byte %lld) names no batch start",
-                            next_kept, (long long)kept_off, (long long)kept_pos);
+                return fail_batch(err, PL_E_OFFSET, kept_pos, kept_pos,
+                                  "index entry %u (offset %lld, byte %lld) names no batch start",
+                                  next_kept, (long long)kept_off, (long long)kept_pos);
             mode = kept_pos == pos ? INDEX_KEPT : INDEX_NO_EVENT;
             next_kept += kept_pos == pos;
         }
         int64_t last = info.base_offset + info.last_offset_delta;
         if (index_batch(seg, &st, pos, info.base_offset, last, info.size, info.max_timestamp,
                         mode) != PL_OK)
-            return fail(err, PL_E_FULL, pos, -1, "index full while loading");
+            return fail_batch(err, PL_E_FULL, pos, -1, "index full while loading");
         next_offset = last + 1;
         pos += info.size;
     }
@@ -827,7 +778,7 @@ int pl_segment_truncate(pl_segment *seg, int64_t offset, int64_t *position, pl_e
     if (rc != PL_OK)
         return rc;
     if (position == NULL)
-        return fail(err, PL_E_ARG, -1, -1, "bad arguments");
+        return fail_batch(err, PL_E_ARG, -1, -1, "bad arguments");
     if (offset >= seg->next_offset) {
         *position = seg->log_size;
         return PL_OK;
@@ -860,8 +811,8 @@ int pl_segment_recover(pl_segment *seg, int64_t start_position, uint8_t *scratch
     if (rc != PL_OK)
         return rc;
     if (scratch == NULL || valid_end == NULL || scratch_cap < PL_BATCH_HEADER_SIZE)
-        return fail(err, PL_E_ARG, -1, -1, "bad arguments (scratch of %zu bytes)",
-                    scratch_cap);
+        return fail_batch(err, PL_E_ARG, -1, -1, "bad arguments (scratch of %zu bytes)",
+                          scratch_cap);
     rc = pl_segment_load(seg, start_position, err);
     if (rc != PL_OK)
         return rc;
@@ -889,17 +840,17 @@ int pl_segment_recover(pl_segment *seg, int64_t start_position, uint8_t *scratch
                 int brc = check_offsets(seg, seg->next_offset, info->base_offset,
                                         info->last_offset_delta, pos, err);
                 if (brc == PL_OK && info->size > MAX_LOG_SIZE - pos)
-                    brc = fail(err, PL_E_FULL, pos, pos,
-                               "batch at byte %lld passes the 2^31-1 byte segment limit",
-                               (long long)pos);
+                    brc = fail_batch(err, PL_E_FULL, pos, pos,
+                                     "batch at byte %lld passes the 2^31-1 byte segment limit",
+                                     (long long)pos);
                 if (brc != PL_OK)
                     return recovery_stop(seg, valid_end, walked, err);
                 int64_t last = info->base_offset + info->last_offset_delta;
                 if (index_batch(seg, &st, pos, info->base_offset, last, info->size,
                                 info->max_timestamp, INDEX_WRITE) != PL_OK)
-                    return fail(err, PL_E_FULL, pos, -1,
-                                "index full during recovery (%u entries, time index %u)",
-                                st.index_entries, st.timeindex_entries);
+                    return fail_batch(err, PL_E_FULL, pos, -1,
+                                      "index full during recovery (%u entries, time index %u)",
+                                      st.index_entries, st.timeindex_entries);
                 index_state_store(seg, &st);
                 seg->next_offset = last + 1;
                 seg->log_size = pos + info->size;
@@ -926,9 +877,9 @@ int pl_segment_recover(pl_segment *seg, int64_t start_position, uint8_t *scratch
                 if (fstat(seg->log_fd, &sb) != 0)
                     return fail_io(err, errno, chunk_at, "fstat during recovery");
                 if (needed > (int64_t)scratch_cap && needed <= (int64_t)sb.st_size - chunk_at) {
-                    fail(err, PL_E_CAPACITY, chunk_at, needed,
-                         "batch at byte %lld needs %lld bytes of scratch, %zu given",
-                         (long long)chunk_at, (long long)needed, scratch_cap);
+                    fail_batch(err, PL_E_CAPACITY, chunk_at, needed,
+                               "batch at byte %lld needs %lld bytes of scratch, %zu given",
+                               (long long)chunk_at, (long long)needed, scratch_cap);
                     if (err != NULL)
                         err->batch_index = walked;
                     return PL_E_CAPACITY;

@@ -1,6 +1,6 @@
 """The Produce-path fast validation: CRC-32C folding (csrc/crc32c_internal.h, csrc/crc32c.c)
-and the record walk that runs in the same pass as a batch's CRC (crc_with_records in
-csrc/batch.c), against the portable CRC, the `crc32c` package and an independent reference
+and the record walk that runs in the same pass as a batch's CRC (pl_crc_with_records in
+csrc/records.c), against the portable CRC, the `crc32c` package and an independent reference
 walker written here.
 
 Every test runs twice: on the path the CPU offers (the fused pass, on CPUs with AVX-512 and
@@ -115,7 +115,7 @@ def ref_field(buf, pos: int, end: int, nullable: bool):
 
 
 def ref_records_ok(sec, count: int, lod: int, strict: bool) -> bool:
-    """Kafka's record rules, as the detailed walker of csrc/batch.c applies them."""
+    """Kafka's record rules, as the detailed walker of csrc/records.c applies them."""
     if lod < 0 or count < 0 or (count != lod + 1 if strict else count > lod + 1):
         return False
     pos, previous = 0, -1

@@ -1,5 +1,5 @@
 /*
- * fast_walk_bounds.c - the fast record walk of csrc/batch.c (reads without per-varint bounds
+ * fast_walk_bounds.c - the fast record walk of csrc/records.c (reads without per-varint bounds
  * inside records that end FAST_SLACK bytes before the records section does) and the pass that
  * runs it together with a batch's CRC, under AddressSanitizer and UBSan.
  *
