@@ -106,6 +106,7 @@ def dump_log(paths, as_json, with_records):
 from pylog.client.cli_commands import register as _register_data_commands  # noqa: E402
 
 _register_data_commands(main)  # topic, produce, consume, bench (pylog/client/cli_commands.py)
+from pylog.client.cli_groups import group_group; main.add_command(group_group)  # noqa: E402,E702
 
 
 @main.command("serve")

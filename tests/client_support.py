@@ -1,11 +1,13 @@
-"""Test helpers for pylog's client: a fault-injecting Kafka proxy and scripted fake brokers.
+"""Test helpers for pylog's client: brokers (pylog serve, or Tansu), a fault-injecting proxy,
+scripted fake brokers.
 
 ``KafkaProxy`` sits between the client and a real broker on 127.0.0.1. It forwards every frame
 unchanged except: Metadata answers are rewritten to advertise the proxy (so the client keeps
 talking through it), and a test-supplied ``intercept(api_key, api_version, body, count)`` may
 answer a request itself (return a kio response body), drop the connection (return
-``CLOSE``) or let it through (return None), where ``count`` numbers the requests of that api
-key seen so far (1, 2, ...). ``rewrite(api_key, api_version, body)`` may replace a broker
+``CLOSE``), let the broker handle it and then drop the connection before its answer reaches
+the client (return ``DROP_ANSWER``: a lost acknowledgement) or let it through (return None),
+where ``count`` numbers the requests of that api key seen so far (1, 2, ...). ``rewrite(api_key, api_version, body)`` may replace a broker
 answer. Requests seen are counted per api key in ``counts``.
 
 ``FakeBroker`` answers each request frame with a coroutine ``handler(frame, writer)``; used
@@ -17,9 +19,18 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
+import os
+import signal
+import socket
 import struct
+import subprocess
+import sys
 from collections.abc import Awaitable, Callable
-from typing import Any
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import pytest
+from broker_fixture import BrokerFactory  # F2's `pylog serve` launcher
 
 from pylog.protocol import (
     ADVERTISED_VERSIONS,
@@ -31,6 +42,7 @@ from pylog.protocol import (
 )
 
 CLOSE = object()
+DROP_ANSWER = object()
 
 
 async def _read_frame(reader: asyncio.StreamReader) -> bytes | None:
@@ -86,11 +98,12 @@ class KafkaProxy:
                 request = decode_request(frame, ADVERTISED_VERSIONS)
                 key, version = request.api_key, request.api_version
                 self.counts[key] += 1
+                action = None
                 if self.intercept is not None:
                     action = self.intercept(key, version, request.body, self.counts[key])
                     if action is CLOSE:
                         return
-                    if action is not None:
+                    if action is not None and action is not DROP_ANSWER:
                         client_writer.write(encode_response(request.header, action))
                         await client_writer.drain()
                         continue
@@ -99,7 +112,7 @@ class KafkaProxy:
                 if key == ApiKey.PRODUCE and request.body.acks == 0:
                     continue
                 answer = await _read_frame(up_reader)
-                if answer is None:
+                if answer is None or action is DROP_ANSWER:
                     return
                 if key == ApiKey.METADATA or self.rewrite is not None:
                     _, body = decode_response(key, version, answer)
@@ -154,16 +167,6 @@ def frames_of(data: bytes) -> list[bytes]:
 
 # ---- brokers for the client tests -------------------------------------------------------------
 
-import os  # noqa: E402
-import signal  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import NamedTuple  # noqa: E402
-
-import pytest  # noqa: E402
-
-from broker_fixture import BrokerFactory  # noqa: E402  (F2's `pylog serve` launcher)
 
 class Broker(NamedTuple):
     kind: str            # "pylog" or "tansu"
@@ -182,7 +185,6 @@ def start_tansu(workdir: Path) -> Broker:
     if os.environ.get("PYLOG_TEST_TANSU") != "1":
         pytest.skip("Tansu runs only with PYLOG_TEST_TANSU=1")
     script = Path(__file__).resolve().parents[2] / "shared" / "peers" / "tansu.sh"
-    import socket
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

@@ -4,6 +4,7 @@ turns into) decodes and carries the error; generated requests never make a handl
 import asyncio
 import dataclasses
 import datetime
+import itertools
 import typing
 
 import pytest
@@ -142,11 +143,17 @@ def _registered_records():
 _registered_records()
 
 
+_joins = itertools.count()
+
+
 def _tame(api_key, body):
     """Keep generated requests from asking for unbounded work: no long-poll waits, few
-    partitions per created topic."""
+    partitions per created topic, every JoinGroup in a group of its own (a second member
+    would rightly be held until the first re-joins or its rebalance timeout passes)."""
     if api_key == 1:
         return dataclasses.replace(body, max_wait=datetime.timedelta(0))
+    if api_key == 11:
+        return dataclasses.replace(body, group_id=f"{body.group_id}-{next(_joins)}")
     if api_key == 19:
         return dataclasses.replace(body, topics=tuple(
             dataclasses.replace(t, num_partitions=t.num_partitions % 4,

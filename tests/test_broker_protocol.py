@@ -89,7 +89,8 @@ def test_api_versions_v0_and_v2_list_exactly_the_implemented_apis(shared):
             assert listed == {**{int(k): tuple(r) for k, r in IMPLEMENTED.items()},
                               ApiKey.PRODUCE: (0, IMPLEMENTED[ApiKey.PRODUCE].max)}
     assert listed[ApiKey.DELETE_TOPICS] == (0, 3)
-    assert ApiKey.JOIN_GROUP not in listed           # the group apis come next issue
+    assert listed[ApiKey.JOIN_GROUP] == (0, 5)       # the group apis (KAFKA-PROTOCOL §1)
+    assert listed[ApiKey.OFFSET_COMMIT] == (2, 7) and listed[ApiKey.OFFSET_FETCH] == (1, 5)
 
 
 def test_api_versions_v3_gets_the_v0_fallback_and_the_connection_stays_open(shared):

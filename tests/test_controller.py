@@ -88,7 +88,7 @@ def test_existing_topic_is_36_and_collision_is_17(tmp_path):
     {"no.such.config": "1"},
     {"retention.ms": "soon"},
     {"segment.bytes": "10"},
-    {"cleanup.policy": "compact"},
+    {"cleanup.policy": "compact,shrink"},
     {"min.insync.replicas": "0"},
     {"max.message.bytes": True},
 ])

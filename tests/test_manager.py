@@ -338,7 +338,7 @@ def test_config_kafka_names_round_trip():
     ({"segment.bytes": "1e6"}, "segment.bytes"),
     ({"retention.ms": "-2"}, "retention.ms"),
     ({"flush.messages": "0"}, "flush.messages"),
-    ({"cleanup.policy": "compact"}, "cleanup.policy"),
+    ({"cleanup.policy": "shrink"}, "cleanup.policy"),
     ({"min.insync.replicas": "0"}, "min.insync.replicas"),
     ({"no.such.config": "1"}, "no.such.config"),
     ({"message.max.bytes": "100", "max.message.bytes": "200"}, "max.message.bytes"),

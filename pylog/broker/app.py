@@ -8,7 +8,9 @@ Start-up, in the order that keeps a failure harmless:
   3. Producer-id allocator, BrokerMetrics, ReplicaManager (which takes leadership of every
      partition the metadata gives this node).
   4. The Kafka listener, then this broker's registration with its advertised address (the
-     port is known only once bound), then the HTTP control plane.
+     port is known only once bound), ``__consumer_offsets`` (created if missing) and the
+     group coordinator, which loads the offsets partitions this broker leads, then the HTTP
+     control plane.
   5. ``ready`` = True: /health answers 200.
 If any step fails, the steps before it are undone (the directory lock is released).
 
@@ -24,7 +26,9 @@ Stop (SIGTERM, SIGINT or ``stop()``), bounded by ``shutdown.timeout.ms``:
 
 Periodic work on the event loop: the ReplicaManager's (ISR expiry, offset checkpoints every
 ``replica.high.watermark.checkpoint.interval.ms``, written on the Flusher thread) and retention
-every ``log.retention.check.interval.ms``.
+every ``log.retention.check.interval.ms``. Log compaction (cleanup.policy=compact) runs on the
+LogManager's cleaner thread, never on the event loop; it starts once the broker is up and
+stops when the LogManager closes.
 """
 from __future__ import annotations
 
@@ -38,6 +42,7 @@ from typing import Any
 from aiohttp import web
 
 from pylog.broker.config import BrokerConfig, new_cluster_id
+from pylog.broker.group import GroupConfig, GroupCoordinator, OffsetsTopic, ensure_offsets_topic
 from pylog.broker.handlers import build_handlers
 from pylog.broker.http import create_control_app
 from pylog.broker.metrics import BrokerMetrics
@@ -76,6 +81,7 @@ class Broker:
         self.replica_manager: ReplicaManager | None = None
         self.producer_ids: ProducerIdAllocator | None = None
         self.metrics: BrokerMetrics | None = None
+        self.group_coordinator: GroupCoordinator | None = None
         self.server: KafkaServer | None = None
         # True exactly while the broker takes traffic (after start, until stop begins).
         self.ready = False
@@ -149,6 +155,12 @@ class Broker:
                 raise ListenError("Kafka listener", config.host, config.port, exc) from None
             self.controller.register_broker(BrokerInfo(config.node_id, self.advertised_host,
                                                        self.advertised_port, None))
+            group_config = GroupConfig.from_broker_config(config)
+            self.group_coordinator = GroupCoordinator(group_config, OffsetsTopic(
+                self.replica_manager, ensure_offsets_topic(self.controller, group_config),
+                commit_timeout_ms=group_config.offsets_commit_timeout_ms))
+            self.group_coordinator.start(self.controller)
+            await self.group_coordinator.wait_loaded()
             self._runner = web.AppRunner(create_control_app(self), access_log=None,
                                          handle_signals=False)
             await self._runner.setup()
@@ -164,6 +176,8 @@ class Broker:
             await self._undo_start()
             raise
         self.replica_manager.start()
+        # Compaction runs on the cleaner's own thread; LogManager.close() stops it.
+        self.log_manager.start_cleaner()
         self._periodic = [
             asyncio.create_task(self._every(config.log_retention_check_interval_ms,
                                             self._retention), name="pylog-retention"),
@@ -175,6 +189,8 @@ class Broker:
                  self.log_manager.data_dir)
 
     async def _undo_start(self) -> None:
+        if self.group_coordinator is not None:
+            await self.group_coordinator.close()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -213,6 +229,11 @@ class Broker:
         self._periodic = []
         if self.server is not None:
             self.server.stop_accepting()
+        if self.group_coordinator is not None:
+            try:
+                await self.group_coordinator.close()
+            except Exception:
+                log.exception("closing the group coordinator failed")
         if self.replica_manager is not None:
             try:
                 await self.replica_manager.close()

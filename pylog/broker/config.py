@@ -79,6 +79,9 @@ class BrokerConfig:
     """default.replication.factor: replication factor of auto-created topics (and -1)."""
     min_insync_replicas: int = 1
     """min.insync.replicas: default ISR size acks=all requires."""
+    producer_id_expiration_ms: int = DAY_MS
+    """producer.id.expiration.ms: a partition forgets an idempotent producer idle this long
+    (its next batch then needs sequence 0, else UNKNOWN_PRODUCER_ID)."""
     log_segment_bytes: int = GIB
     """log.segment.bytes."""
     log_segment_ms: int = 7 * DAY_MS
@@ -101,7 +104,22 @@ class BrokerConfig:
     socket_request_max_bytes: int = 104_857_600
     """socket.request.max.bytes: a larger request frame closes the connection."""
     group_initial_rebalance_delay_ms: int = 0
-    """group.initial.rebalance.delay.ms: for the group coordinator (next issue)."""
+    """group.initial.rebalance.delay.ms: how long the first rebalance of an empty group waits
+    for more members (0: none)."""
+    group_min_session_timeout_ms: int = 1000
+    """group.min.session.timeout.ms: shorter JoinGroup session timeouts are refused (26)."""
+    group_max_session_timeout_ms: int = 300_000
+    """group.max.session.timeout.ms: longer JoinGroup session timeouts are refused (26)."""
+    offsets_topic_num_partitions: int = 16
+    """offsets.topic.num.partitions: partitions of __consumer_offsets (fixed at creation)."""
+    offsets_topic_replication_factor: int = 3
+    """offsets.topic.replication.factor: of __consumer_offsets, capped at the broker count."""
+    offsets_topic_segment_bytes: int = 104_857_600
+    """offsets.topic.segment.bytes: segment size of __consumer_offsets."""
+    offsets_commit_timeout_ms: int = 5000
+    """offsets.commit.timeout.ms: how long a commit waits for the offsets partition's HW."""
+    offset_metadata_max_bytes: int = 4096
+    """offset.metadata.max.bytes: longest commit metadata accepted."""
     replica_lag_time_max_ms: int = 30_000
     """replica.lag.time.max.ms: a follower this far behind leaves the ISR."""
     checkpoint_interval_ms: int = 5_000
@@ -138,6 +156,20 @@ class BrokerConfig:
         _check_range("socket.request.max.bytes", self.socket_request_max_bytes, 1, _INT32_MAX)
         _check_range("group.initial.rebalance.delay.ms", self.group_initial_rebalance_delay_ms,
                      0, _INT32_MAX)
+        _check_range("group.min.session.timeout.ms", self.group_min_session_timeout_ms, 0,
+                     _INT32_MAX)
+        _check_range("group.max.session.timeout.ms", self.group_max_session_timeout_ms, 0,
+                     _INT32_MAX)
+        _check_range("offsets.topic.num.partitions", self.offsets_topic_num_partitions, 1,
+                     1_000_000)
+        _check_range("offsets.topic.replication.factor", self.offsets_topic_replication_factor,
+                     1, _INT32_MAX)
+        _check_range("offsets.topic.segment.bytes", self.offsets_topic_segment_bytes, 61,
+                     1 << 30)
+        _check_range("offsets.commit.timeout.ms", self.offsets_commit_timeout_ms, 1,
+                     _INT32_MAX)
+        _check_range("offset.metadata.max.bytes", self.offset_metadata_max_bytes, 0,
+                     _INT32_MAX)
         _check_range("replica.lag.time.max.ms", self.replica_lag_time_max_ms, 1, KAFKA_LONG_MAX)
         _check_range("replica.high.watermark.checkpoint.interval.ms",
                      self.checkpoint_interval_ms, 1, KAFKA_LONG_MAX)
@@ -164,7 +196,8 @@ class BrokerConfig:
                 retention_ms=self.log_retention_ms, retention_bytes=self.log_retention_bytes,
                 flush_messages=self.log_flush_interval_messages,
                 flush_ms=self.log_flush_interval_ms, message_max_bytes=self.message_max_bytes,
-                min_insync_replicas=self.min_insync_replicas)
+                min_insync_replicas=self.min_insync_replicas,
+                producer_id_expiration_ms=self.producer_id_expiration_ms)
         except ConfigError as exc:
             raise BrokerConfigError(_BROKER_NAME_OF_TOPIC_NAME.get(exc.name, exc.name),
                                     _reason(exc)) from None
@@ -378,6 +411,7 @@ _SETTERS: dict[str, Setter] = {
     "num.partitions": _field("num_partitions", _int),
     "default.replication.factor": _field("default_replication_factor", _int),
     "min.insync.replicas": _field("min_insync_replicas", _int),
+    "producer.id.expiration.ms": _field("producer_id_expiration_ms", _int),
     "log.segment.bytes": _field("log_segment_bytes", _int),
     "log.roll.ms": _field("log_segment_ms", _int),
     "log.roll.hours": _scaled("log_segment_ms", _HOUR_MS),
@@ -392,6 +426,13 @@ _SETTERS: dict[str, Setter] = {
     "message.max.bytes": _field("message_max_bytes", _int),
     "socket.request.max.bytes": _field("socket_request_max_bytes", _int),
     "group.initial.rebalance.delay.ms": _field("group_initial_rebalance_delay_ms", _int),
+    "group.min.session.timeout.ms": _field("group_min_session_timeout_ms", _int),
+    "group.max.session.timeout.ms": _field("group_max_session_timeout_ms", _int),
+    "offsets.topic.num.partitions": _field("offsets_topic_num_partitions", _int),
+    "offsets.topic.replication.factor": _field("offsets_topic_replication_factor", _int),
+    "offsets.topic.segment.bytes": _field("offsets_topic_segment_bytes", _int),
+    "offsets.commit.timeout.ms": _field("offsets_commit_timeout_ms", _int),
+    "offset.metadata.max.bytes": _field("offset_metadata_max_bytes", _int),
     "replica.lag.time.max.ms": _field("replica_lag_time_max_ms", _int),
     "replica.high.watermark.checkpoint.interval.ms": _field("checkpoint_interval_ms", _int),
     "connection.max.inflight.requests": _field("max_inflight_requests_per_connection", _int),

@@ -56,6 +56,7 @@ from pylog.storage.config import ConfigError, LogConfig
 from pylog.storage.errors import (InvalidAppendError, LogClosedError, OffsetOutOfRangeError,
                                   RecordTooLargeError, StaleLeaderEpochError)
 from pylog.storage.manager import LogManager
+from pylog.storage.producer_state import ProducerStateError
 
 __all__ = [
     "ReplicaManager", "ProduceResult", "FetchPartitionRequest", "FetchPartitionResult",
@@ -366,6 +367,11 @@ class ReplicaManager:
         except StaleLeaderEpochError as e:
             self.logger.warning("%s-%d: %s", tp[0], tp[1], e)
             return ProduceResult(ErrorCode.NOT_LEADER_OR_FOLLOWER, error_message=str(e))
+        except ProducerStateError as e:  # 45, 47, 59; the log start lets a client tell a
+            # producer removed with old data (KAFKA-5793) from a real loss
+            self.logger.info("%s-%d: %s", tp[0], tp[1], e)
+            return ProduceResult(e.error_code, log_start_offset=partition.log_start_offset,
+                                 error_message=str(e))
         except LogClosedError as e:
             return ProduceResult(ErrorCode.NOT_LEADER_OR_FOLLOWER, error_message=str(e))
         except OSError as e:  # includes CoreIOError: the log may be damaged on disk
@@ -382,7 +388,9 @@ class ReplicaManager:
         answer = ProduceResult(ErrorCode.NONE, base_offset=result.first_offset,
                                log_append_time=result.log_append_time,
                                log_start_offset=result.log_start_offset)
-        if acks == -1 or (acks == 1 and result.durable is not None):
+        # A duplicate (an idempotent retry: the original offsets, nothing written) waits like
+        # its original would: acks=1 for the local fsync the flush policy may still owe it.
+        if acks == -1 or (acks == 1 and (result.durable is not None or result.duplicate)):
             waiting[tp] = (partition, result.next_offset, partition.leader_epoch)
         return answer
 

@@ -1,16 +1,32 @@
-"""Topic administration over the Kafka protocol: ``AsyncAdmin`` and the blocking ``Admin``.
+"""Topic and consumer-group administration over the Kafka protocol: ``AsyncAdmin`` and the
+blocking ``Admin``.
 
 CreateTopics and DeleteTopics go to the controller that Metadata names (any broker when it
 names none); listing and describing read Metadata. Errors come back per topic: with
 ``raise_errors`` (the default) the first one is raised, otherwise a dict maps each topic to
 its error or None.
+
+Groups: ListGroups goes to every broker (each coordinates some groups); DescribeGroups,
+DeleteGroups and OffsetFetch go to the group's coordinator (FindCoordinator), looked up again
+and retried while it answers NOT_COORDINATOR, COORDINATOR_NOT_AVAILABLE or
+COORDINATOR_LOAD_IN_PROGRESS. Members' assignments are decoded when the group uses the
+"consumer" protocol.
 """
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from pylog.client.errors import KafkaError, NotControllerError, remote_error
+from pylog.client.consumer_protocol import decode_assignment
+from pylog.client.coordinator import CoordinatorLink, OffsetAndMetadata
+from pylog.client.errors import (
+    COORDINATOR_STALE_CODES,
+    KafkaError,
+    NotControllerError,
+    remote_error,
+)
 from pylog.client.loop_thread import LoopThread
 from pylog.client.metadata import Cluster
 from pylog.protocol import ApiKey, ErrorCode
@@ -41,13 +57,42 @@ class TopicDescription:
     is_internal: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class GroupListing:
+    group_id: str
+    protocol_type: str
+
+
+@dataclass(frozen=True, slots=True)
+class MemberDescription:
+    member_id: str
+    group_instance_id: str | None
+    client_id: str
+    client_host: str
+    # (topic, partition) pairs of a "consumer" group member; None when the group uses
+    # another protocol or the assignment does not decode.
+    assignment: list[tuple[str, int]] | None
+
+
+@dataclass(frozen=True, slots=True)
+class GroupDescription:
+    group_id: str
+    state: str              # Stable, PreparingRebalance, CompletingRebalance, Empty, Dead
+    protocol_type: str
+    protocol: str           # the assignor chosen ("range", ...), "" when not stable
+    members: list[MemberDescription]
+
+
 class AsyncAdmin:
-    """``await start()`` (or ``async with``), then the topic operations, then ``close()``."""
+    """``await start()`` (or ``async with``), then topic and group operations, then
+    ``close()``."""
 
     def __init__(self, bootstrap: str | Iterable[str] = "127.0.0.1:9092", *,
                  request_timeout_ms: int = 30_000, connect_timeout_ms: int = 10_000,
-                 client_id: str = "pylog-admin"):
+                 retry_backoff_ms: int = 100, client_id: str = "pylog-admin"):
         self.request_timeout_ms = request_timeout_ms
+        self.connect_timeout_ms = connect_timeout_ms
+        self.retry_backoff_ms = retry_backoff_ms
         self.cluster = Cluster(bootstrap, client_id=client_id,
                                request_timeout_ms=request_timeout_ms,
                                connect_timeout_ms=connect_timeout_ms)
@@ -140,6 +185,128 @@ class AsyncAdmin:
         return {"cluster_id": snapshot.cluster_id, "controller_id": snapshot.controller_id,
                 "brokers": sorted(snapshot.brokers.values(), key=lambda b: b.node_id)}
 
+    # ---- consumer groups ----------------------------------------------------------------------
+
+    async def list_groups(self) -> list[GroupListing]:
+        """Every group of every broker (sorted by id)."""
+        snapshot = await self.cluster.refresh()
+        groups: dict[str, GroupListing] = {}
+        for node_id in sorted(snapshot.brokers):
+            connection = await self.cluster.connection(node_id)
+            response = await connection.request(ApiKey.LIST_GROUPS, {"states_filter": []})
+            if int(response.error_code):
+                raise remote_error(int(response.error_code), f"ListGroups at broker {node_id}")
+            for g in response.groups:
+                groups[g.group_id] = GroupListing(g.group_id, g.protocol_type)
+        return [groups[g] for g in sorted(groups)]
+
+    async def _group_request(self, group_id: str, api_key: int, values: dict, error_of):
+        """A request to ``group_id``'s coordinator, retried while the coordinator moves or
+        loads (``error_of(response)`` gives the code that says so)."""
+        deadline = time.monotonic() + self.request_timeout_ms / 1000
+        link = CoordinatorLink(self.cluster, group_id, request_timeout_ms=self.request_timeout_ms,
+                               connect_timeout_ms=self.connect_timeout_ms,
+                               retry_backoff_ms=self.retry_backoff_ms)
+        try:
+            while True:
+                try:
+                    response = await link.request(api_key, values)
+                    code = error_of(response)
+                    if code not in COORDINATOR_STALE_CODES and \
+                            code != ErrorCode.COORDINATOR_LOAD_IN_PROGRESS:
+                        return response
+                    link.mark_unknown(f"answered {ErrorCode(code).name}")
+                    error: KafkaError = remote_error(code, f"group {group_id!r}")
+                except KafkaError as exc:
+                    if not exc.retriable:
+                        raise
+                    error = exc
+                if time.monotonic() + self.retry_backoff_ms / 1000 >= deadline:
+                    raise error
+                await asyncio.sleep(self.retry_backoff_ms / 1000)
+        finally:
+            await link.close()
+
+    async def describe_groups(self, group_ids: str | Iterable[str]) -> list[GroupDescription]:
+        """State, protocol and members of each group (a group the coordinator does not know
+        is described as state "Dead" with no members, as Kafka does)."""
+        result = []
+        for group_id in _as_list(group_ids):
+            response = await self._group_request(
+                group_id, ApiKey.DESCRIBE_GROUPS,
+                {"groups": [group_id], "include_authorized_operations": False},
+                lambda r: int(r.groups[0].error_code) if r.groups else 0)
+            g = next((g for g in response.groups if g.group_id == group_id), None)
+            if g is None:
+                raise KafkaError(f"DescribeGroups answered nothing about group {group_id!r}")
+            if int(g.error_code):
+                raise remote_error(int(g.error_code), f"group {group_id!r}")
+            members = []
+            for m in g.members:
+                assignment = None
+                if g.protocol_type == "consumer":
+                    try:
+                        assignment = sorted(decode_assignment(m.member_assignment).partitions)
+                    except ValueError:
+                        assignment = None
+                members.append(MemberDescription(m.member_id,
+                                                 getattr(m, "group_instance_id", None),
+                                                 m.client_id, m.client_host, assignment))
+            result.append(GroupDescription(group_id, g.group_state, g.protocol_type,
+                                           g.protocol_data, members))
+        return result
+
+    async def delete_groups(self, group_ids: str | Iterable[str], *, raise_errors: bool = True
+                            ) -> dict[str, KafkaError | None]:
+        """Delete groups (and their committed offsets); only groups without members can be
+        deleted (NON_EMPTY_GROUP otherwise)."""
+        names = _as_list(group_ids)
+        answers = []
+        for group_id in names:
+            response = await self._group_request(
+                group_id, ApiKey.DELETE_GROUPS, {"groups_names": [group_id]},
+                lambda r: int(r.results[0].error_code) if r.results else 0)
+            answers += [(r.group_id, int(r.error_code), f"group {r.group_id!r}")
+                        for r in response.results]
+        return self._results(answers, names, raise_errors)
+
+    async def list_group_offsets(self, group_id: str,
+                                 partitions: Iterable[tuple[str, int]] | None = None
+                                 ) -> dict[tuple[str, int], OffsetAndMetadata]:
+        """The offsets ``group_id`` committed (of ``partitions``, or all of them); partitions
+        without a committed offset are left out."""
+        from pylog.client.consumer import TopicPartition
+
+        wanted = None if partitions is None else [tuple(tp) for tp in partitions]
+        deadline = time.monotonic() + self.request_timeout_ms / 1000
+        link = CoordinatorLink(self.cluster, group_id, request_timeout_ms=self.request_timeout_ms,
+                               connect_timeout_ms=self.connect_timeout_ms,
+                               retry_backoff_ms=self.retry_backoff_ms)
+        try:
+            while True:
+                try:
+                    code, found = await link.offset_fetch(wanted)
+                    codes = [code] + [c for _, c in found.values()]
+                    bad = next((c for c in codes if c), 0)
+                    if not bad:
+                        return {TopicPartition(*tp): committed
+                                for tp, (committed, _) in sorted(found.items())
+                                if committed is not None}
+                    if bad in COORDINATOR_STALE_CODES:
+                        link.mark_unknown(f"OffsetFetch answered {ErrorCode(bad).name}")
+                    error = remote_error(bad, f"offsets of group {group_id!r}")
+                    if not error.retriable:
+                        raise error
+                except KafkaError as exc:
+                    if not exc.retriable:
+                        raise
+                    error = exc
+                if time.monotonic() + self.retry_backoff_ms / 1000 >= deadline:
+                    raise error
+                await asyncio.sleep(self.retry_backoff_ms / 1000)
+        finally:
+            await link.close()
+
     @staticmethod
     def _results(answers, names: list[str], raise_errors: bool) -> dict[str, KafkaError | None]:
         results: dict[str, KafkaError | None] = {name: None for name in names}
@@ -189,6 +356,19 @@ class Admin:
 
     def describe_cluster(self) -> dict:
         return self._thread.run(self._admin.describe_cluster())
+
+    def list_groups(self) -> list[GroupListing]:
+        return self._thread.run(self._admin.list_groups())
+
+    def describe_groups(self, group_ids) -> list[GroupDescription]:
+        return self._thread.run(self._admin.describe_groups(group_ids))
+
+    def delete_groups(self, group_ids, **kw) -> dict[str, KafkaError | None]:
+        return self._thread.run(self._admin.delete_groups(group_ids, **kw))
+
+    def list_group_offsets(self, group_id: str, partitions=None
+                           ) -> dict[tuple[str, int], OffsetAndMetadata]:
+        return self._thread.run(self._admin.list_group_offsets(group_id, partitions))
 
     def close(self) -> None:
         try:

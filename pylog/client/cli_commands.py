@@ -1,4 +1,5 @@
-"""The `pylog` data commands: topic create/list/describe/delete, produce, consume, bench.
+"""The `pylog` data commands: topic create/list/describe/delete, produce, consume (alone or
+as a member of a consumer group), bench.
 
 They speak the Kafka protocol to ``--bootstrap HOST:PORT`` through pylog's own client; `topic
 describe` also asks the control plane (``--control URL``) for what Kafka's protocol does not
@@ -254,14 +255,47 @@ def _start_offset(offset: str | None, from_beginning: bool) -> str | int:
                                  param_hint="--offset") from None
 
 
+def _consumer_properties(pairs: tuple[str, ...]) -> dict:
+    """``-X name=value`` pairs as AsyncConsumer keyword arguments (ints, true/false, text)."""
+    import inspect
+
+    from pylog.client.consumer import AsyncConsumer
+
+    known = {name for name, p in inspect.signature(AsyncConsumer.__init__).parameters.items()
+             if p.kind is p.KEYWORD_ONLY and name not in (
+                 "listener", "on_assign", "on_revoke", "on_lost", "group_id",
+                 "partition_assignment_strategy")}
+    known.add("partition_assignment_strategy")
+    config: dict = {}
+    for name, value in _parse_pairs(pairs, "-X"):
+        name = name.replace(".", "_").replace("-", "_")
+        if name not in known:
+            raise click.BadParameter(f"unknown consumer property {name!r} (known: "
+                                     f"{', '.join(sorted(known))})", param_hint="-X")
+        if name == "partition_assignment_strategy":
+            config[name] = tuple(v.strip() for v in value.split(",") if v.strip())
+        elif value.lower() in ("true", "false"):
+            config[name] = value.lower() == "true"
+        elif value.lstrip("-").isdigit():
+            config[name] = int(value)
+        else:
+            config[name] = value
+    return config
+
+
 @click.command("consume")
 @click.argument("topic")
 @bootstrap_option
+@click.option("--group", "-G", "group_id", metavar="GROUP",
+              help="Consume as a member of consumer group GROUP: partitions come from the "
+                   "group, reading starts at its committed offsets, and what is printed is "
+                   "committed (every auto_commit_interval_ms, and before exiting).")
 @click.option("--from-beginning", is_flag=True, help="Start at the beginning (= --offset "
-              "earliest).")
+              "earliest; with --group: where the group has no committed offset).")
 @click.option("--offset", "-o", metavar="N|-N|earliest|latest",
               help="Where to start: an offset, N records before the end, earliest or latest "
-                   "(default: latest).")
+                   "(default: latest; with --group only earliest or latest, for partitions "
+                   "without a committed offset).")
 @click.option("--partition", "-p", type=click.IntRange(min=0),
               help="Read only this partition (default: all).")
 @click.option("--max-messages", "-c", type=click.IntRange(min=1),
@@ -271,30 +305,113 @@ def _start_offset(offset: str | None, from_beginning: bool) -> str | int:
 @click.option("--format", "-f", "fmt", default="%v\\n", show_default=True,
               help="kcat-style: %k key, %v value, %o offset, %p partition, %t timestamp, "
                    "%T topic, %h headers, %K/%S key/value length, \\n \\t.")
+@click.option("--property", "-X", "properties", multiple=True, metavar="NAME=VALUE",
+              help="A consumer setting by its pylog.client.AsyncConsumer name, e.g. "
+                   "-X session_timeout_ms=6000 -X auto_commit_interval_ms=1000; repeatable.")
 @one_line_errors
-def consume(topic, bootstrap, from_beginning, offset, partition, max_messages, timeout_ms,
-            fmt):
+def consume(topic, bootstrap, group_id, from_beginning, offset, partition, max_messages,
+            timeout_ms, fmt, properties):
     """Print the records of TOPIC."""
     from pylog.client.cli_format import RecordFormat
 
     formatter = RecordFormat(fmt)
     start = _start_offset(offset, from_beginning)
+    config = _consumer_properties(properties)
     out = click.get_binary_stream("stdout")
-    printed = asyncio.run(_consume(topic, bootstrap, start, partition, max_messages,
-                                   timeout_ms, formatter, out))
+    if group_id is not None:
+        if partition is not None:
+            raise click.UsageError("--partition and --group exclude each other: the group "
+                                   "assigns the partitions")
+        if isinstance(start, int):
+            raise click.UsageError("with --group, --offset is earliest or latest (where the "
+                                   "group has no committed offset)")
+        reset = config.pop("auto_offset_reset", None)
+        if offset is None and not from_beginning and reset is not None:
+            start = reset
+        printed = asyncio.run(_consume_group(topic, bootstrap, group_id, start, max_messages,
+                                             timeout_ms, formatter, out, config))
+    else:
+        printed = asyncio.run(_consume(topic, bootstrap, start, partition, max_messages,
+                                       timeout_ms, formatter, out, config))
     out.flush()
     click.echo(f"consumed {printed} records", err=True)
 
 
+class _Count:
+    """Records printed so far (still known when the printing loop is cancelled)."""
+    value = 0
+
+
+async def _print_until_done(consumer, max_messages, timeout_ms, formatter, out,
+                            count: _Count | None = None) -> int:
+    """getmany and print until ``max_messages`` or ``timeout_ms`` without a record."""
+    count = count or _Count()
+    idle_since = time.monotonic()
+    while max_messages is None or count.value < max_messages:
+        wait = 500 if timeout_ms is None else min(500, timeout_ms)
+        batch = await consumer.getmany(
+            timeout_ms=wait,
+            max_records=None if max_messages is None else max_messages - count.value)
+        if not batch:
+            if timeout_ms is not None and \
+                    (time.monotonic() - idle_since) * 1000 >= timeout_ms:
+                break
+            continue
+        idle_since = time.monotonic()
+        for records in batch.values():
+            out.write(b"".join(formatter.render(r) for r in records))
+            count.value += len(records)
+        out.flush()
+    return count.value
+
+
+async def _consume_group(topic, bootstrap, group_id, start, max_messages, timeout_ms,
+                         formatter, out, config) -> int:
+    """Consume as a group member. SIGTERM (like Ctrl-C) ends it cleanly: what was printed
+    is committed and the member leaves the group."""
+    import contextlib
+    import signal
+
+    from pylog.client.consumer import AsyncConsumer
+    from pylog.client.errors import KafkaError
+
+    config.setdefault("client_id", "pylog-cli")
+    task = asyncio.current_task()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, task.cancel)
+    count = _Count()
+    try:
+        async with AsyncConsumer(bootstrap, group_id=group_id,
+                                 auto_offset_reset=start, **config) as consumer:
+            await consumer.cluster.topic(topic)  # an unknown topic is an error, not a wait
+            consumer.subscribe([topic])
+            try:
+                await _print_until_done(consumer, max_messages, timeout_ms, formatter, out,
+                                        count)
+            except BaseException:
+                out.flush()
+                with contextlib.suppress(KafkaError):  # the first error is the one to tell
+                    await asyncio.shield(consumer.commit())
+                raise
+            out.flush()
+            # Commit exactly what was printed (getmany never took more than that).
+            await consumer.commit()
+    except asyncio.CancelledError:
+        pass
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
+    return count.value
+
+
 async def _consume(topic, bootstrap, start, partition, max_messages, timeout_ms, formatter,
-                   out) -> int:
+                   out, config) -> int:
     from pylog.client.consumer import AsyncConsumer, TopicPartition
     from pylog.client.errors import UnknownTopicOrPartitionError
     from pylog.protocol import ErrorCode
 
-    async with AsyncConsumer(bootstrap, client_id="pylog-cli",
-                             auto_offset_reset="earliest" if start == "earliest"
-                             else "latest") as consumer:
+    config.setdefault("client_id", "pylog-cli")
+    config["auto_offset_reset"] = "earliest" if start == "earliest" else "latest"
+    async with AsyncConsumer(bootstrap, **config) as consumer:
         metadata = await consumer.cluster.topic(topic, must_exist=False)
         if metadata.error_code:
             raise UnknownTopicOrPartitionError(ErrorCode(metadata.error_code),
@@ -321,24 +438,7 @@ async def _consume(topic, bootstrap, start, partition, max_messages, timeout_ms,
                 consumer.seek_to_end(tp)
             else:
                 consumer.seek(tp, where)
-        printed = 0
-        idle_since = time.monotonic()
-        while max_messages is None or printed < max_messages:
-            wait = 500 if timeout_ms is None else min(500, timeout_ms)
-            batch = await consumer.getmany(
-                timeout_ms=wait,
-                max_records=None if max_messages is None else max_messages - printed)
-            if not batch:
-                if timeout_ms is not None and \
-                        (time.monotonic() - idle_since) * 1000 >= timeout_ms:
-                    break
-                continue
-            idle_since = time.monotonic()
-            for records in batch.values():
-                out.write(b"".join(formatter.render(r) for r in records))
-                printed += len(records)
-            out.flush()
-        return printed
+        return await _print_until_done(consumer, max_messages, timeout_ms, formatter, out)
 
 
 # ---- bench ----------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import os
+from types import MappingProxyType
 from typing import Any
 
 from pylog.client import messages
@@ -48,8 +49,11 @@ from pylog.protocol import (
 )
 from pylog.protocol.framing import DEFAULT_MAX_FRAME_BYTES
 
-#: The versions this client speaks, per api key: pylog's protocol table.
-CLIENT_VERSIONS = ADVERTISED_VERSIONS
+#: The versions this client speaks, per api key: pylog's protocol table, plus InitProducerId
+#: up to v4 (v2+ flexible): some brokers answer v0/v1 without a transactional id wrongly
+#: (Tansu: UNKNOWN_SERVER_ERROR, it reads the producer id and epoch that only v3+ carry).
+CLIENT_VERSIONS = MappingProxyType({**ADVERTISED_VERSIONS,
+                                    ApiKey.INIT_PRODUCER_ID: VersionRange(0, 4)})
 
 _MAX_CORRELATION_ID = 0x7FFFFFFF
 

@@ -1,4 +1,11 @@
-"""The native consumer (no group): ``AsyncConsumer`` (asyncio) and ``Consumer`` (blocking).
+"""The native consumer: ``AsyncConsumer`` (asyncio) and ``Consumer`` (blocking).
+
+Partitions come from ``assign`` (manual) or, with a ``group_id``, from ``subscribe``: the
+consumer then joins the group and its partitions are the ones the group's leader assigns
+(``pylog.client.membership`` runs the protocol; rebalances happen inside ``getmany``). With a
+group id, a newly assigned partition starts at the group's committed offset, else per
+``auto_offset_reset``; positions are committed with ``commit``/``commit_async`` or
+automatically (``enable_auto_commit``).
 
 Theory of operation. Each assigned partition has a ``_PartitionState``: ``position`` (the
 next offset ``getmany`` returns; None while it must be looked up with ListOffsets, following
@@ -7,7 +14,8 @@ already buffered), a buffer of decoded records and a ``seek_epoch`` bumped by ev
 Fetch answer that left before a seek is recognised and dropped.
 
 Fetching is driven by ``_maybe_fetch``, run whenever something may have become fetchable
-(``getmany``, an answer, an assignment, a seek, a metadata refresh, a position reset). It
+(``getmany``, an answer, an assignment, a seek, a metadata refresh, a position reset); it
+sends nothing while a group rebalance is under way (``_rebalancing``). It
 sends one long-poll Fetch per leader broker that has none in flight, for that broker's
 partitions whose position is known and whose buffer holds less than
 ``max_partition_fetch_bytes`` (so the next fetch overlaps the caller's work on the previous
@@ -21,10 +29,13 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, NamedTuple
 
+from pylog.client.assignors import resolve_assignors
+from pylog.client.coordinator import OffsetAndMetadata
 from pylog.client.decode import ConsumerRecord, decode_fetched
 from pylog.client.errors import (
     METADATA_STALE_CODES,
@@ -35,11 +46,17 @@ from pylog.client.errors import (
     remote_error,
 )
 from pylog.client.loop_thread import LoopThread
+from pylog.client.membership import (
+    CallbackListener,
+    ConsumerRebalanceListener,
+    GroupMembership,
+)
 from pylog.client.metadata import Cluster
 from pylog.protocol import ApiKey, ErrorCode
 
 EARLIEST = -2   # ListOffsets timestamps (Kafka's sentinels)
 LATEST = -1
+COMMITTED = -3  # reset_to: the group's committed offset first, then auto_offset_reset
 _RESETS = {"earliest": EARLIEST, "latest": LATEST, "error": None}
 
 
@@ -60,7 +77,8 @@ class _PartitionState:
 
     def __init__(self, reset_to: int | None):
         self.position: int | None = None   # next offset to return; None = look it up
-        self.reset_to = reset_to           # EARLIEST / LATEST / None (= raise) when looked up
+        # EARLIEST / LATEST / COMMITTED / None (= raise) when looked up
+        self.reset_to = reset_to
         self.fetch_offset = -1             # next offset to fetch (>= position), once known
         # Decoded records not yet returned: lists, each consumed from its front.
         self.chunks: collections.deque[list[ConsumerRecord]] = collections.deque()
@@ -79,24 +97,59 @@ class _PartitionState:
 
 
 class AsyncConsumer:
-    """Read assigned partitions (no consumer group). See the module docstring.
+    """Read assigned partitions, or the partitions a consumer group assigns (``group_id``
+    and ``subscribe``). See the module docstring.
 
-    ``await start()`` (or ``async with``), ``assign``/``assign_topic``, optionally ``seek``;
-    then ``await getmany(...)`` or ``async for record in consumer``.
+    ``await start()`` (or ``async with``), then ``assign``/``assign_topic`` (optionally
+    ``seek``) or ``subscribe``; then ``await getmany(...)`` or ``async for record in
+    consumer``; with a group, ``commit``/``commit_async`` (or auto-commit).
+
+    Group options (the Java client's names and defaults): ``session_timeout_ms``,
+    ``heartbeat_interval_ms`` (default 3000, or a third of a shorter session timeout),
+    ``max_poll_interval_ms`` (also the rebalance timeout sent in
+    JoinGroup unless ``rebalance_timeout_ms`` is given), ``enable_auto_commit``,
+    ``auto_commit_interval_ms``, ``partition_assignment_strategy`` (names among "range",
+    "roundrobin", or assignor objects, in preference order), ``group_instance_id`` (static
+    membership). Rebalance callbacks: ``listener`` (a ``ConsumerRebalanceListener``) or
+    ``on_assign`` / ``on_revoke`` / ``on_lost`` callables taking a set of partitions; they
+    may be coroutine functions.
     """
 
     def __init__(self, bootstrap: str | Iterable[str] = "127.0.0.1:9092", *,
-                 client_rack: str | None = None, fetch_max_wait_ms: int = 500,
+                 group_id: str | None = None, client_rack: str | None = None,
+                 fetch_max_wait_ms: int = 500,
                  fetch_min_bytes: int = 1, fetch_max_bytes: int = 50 * 1024 * 1024,
                  max_partition_fetch_bytes: int = 1024 * 1024,
                  auto_offset_reset: str = "earliest", isolation_level: int = 1,
                  check_crcs: bool = True, request_timeout_ms: int = 30_000,
                  retry_backoff_ms: int = 100, client_id: str = "pylog-consumer",
-                 connect_timeout_ms: int = 10_000):
+                 connect_timeout_ms: int = 10_000, session_timeout_ms: int = 10_000,
+                 heartbeat_interval_ms: int | None = None,
+                 max_poll_interval_ms: int = 300_000,
+                 rebalance_timeout_ms: int | None = None, enable_auto_commit: bool = True,
+                 auto_commit_interval_ms: int = 5000,
+                 partition_assignment_strategy: Any = ("range", "roundrobin"),
+                 group_instance_id: str | None = None, metadata_max_age_ms: int = 300_000,
+                 listener: ConsumerRebalanceListener | None = None,
+                 on_assign: Callable | None = None, on_revoke: Callable | None = None,
+                 on_lost: Callable | None = None):
         if auto_offset_reset not in _RESETS:
             raise ValueError("auto_offset_reset must be 'earliest', 'latest' or 'error'")
         if isolation_level not in (0, 1):
             raise ValueError("isolation_level must be 0 (read_uncommitted) or 1 (committed)")
+        if group_id is not None and (not isinstance(group_id, str) or not group_id):
+            raise ValueError("group_id must be a non-empty string (or None for no group)")
+        if heartbeat_interval_ms is None:  # Java's 3000, or a third of a shorter session
+            heartbeat_interval_ms = min(3000, session_timeout_ms // 3)
+        if not 0 < heartbeat_interval_ms < session_timeout_ms:
+            raise ValueError("heartbeat_interval_ms must be > 0 and < session_timeout_ms")
+        if auto_commit_interval_ms <= 0 or max_poll_interval_ms <= 0:
+            raise ValueError("auto_commit_interval_ms and max_poll_interval_ms must be > 0")
+        if listener is not None and (on_assign or on_revoke or on_lost):
+            raise ValueError("give either listener or on_assign/on_revoke/on_lost")
+        if listener is None and (on_assign or on_revoke or on_lost):
+            listener = CallbackListener(on_assign, on_revoke, on_lost)
+        self.group_id = group_id
         self.client_rack = client_rack
         self.fetch_max_wait_ms = fetch_max_wait_ms
         self.fetch_min_bytes = fetch_min_bytes
@@ -122,7 +175,24 @@ class AsyncConsumer:
         self._errors: collections.deque[Exception] = collections.deque()
         self._data_ready: asyncio.Event | None = None
         self._round_robin = 0
-        self.trace = []
+        # A group rebalance is under way: nothing is fetched or handed out.
+        self._rebalancing = False
+        self._group: GroupMembership | None = None
+        if group_id is not None:
+            self._group = GroupMembership(
+                self, group_id, assignors=resolve_assignors(partition_assignment_strategy),
+                session_timeout_ms=session_timeout_ms,
+                heartbeat_interval_ms=heartbeat_interval_ms,
+                max_poll_interval_ms=(rebalance_timeout_ms if rebalance_timeout_ms is not None
+                                      else max_poll_interval_ms),
+                enable_auto_commit=enable_auto_commit,
+                auto_commit_interval_ms=auto_commit_interval_ms,
+                group_instance_id=group_instance_id, request_timeout_ms=request_timeout_ms,
+                connect_timeout_ms=connect_timeout_ms, retry_backoff_ms=retry_backoff_ms,
+                metadata_max_age_ms=metadata_max_age_ms, listener=listener)
+        # Where a newly assigned partition starts: the committed offset (with a group id),
+        # else per auto_offset_reset.
+        self._initial_reset = COMMITTED if group_id is not None else _RESETS[auto_offset_reset]
         self._started = False
         self._closed = False
 
@@ -143,26 +213,155 @@ class AsyncConsumer:
         await self.close()
 
     async def close(self) -> None:
+        """Leave the group (committing first with auto-commit) and close the connections."""
         if self._closed:
             return
+        try:
+            if self._group is not None and self._started:
+                await self._group.close()
+        finally:
+            self._close_now()
+        await self.cluster.close()
+
+    def _close_now(self) -> None:
         self._closed = True
         for task in list(self._tasks):
             task.cancel()
         if self._data_ready is not None:
             self._data_ready.set()
-        await self.cluster.close()
 
     # ---- assignment and positions -----------------------------------------------------------
 
     def assign(self, partitions: Iterable[tuple[str, int]]) -> None:
         """Read exactly these (topic, partition) pairs from now on (positions of partitions
-        kept are kept; new ones start per ``auto_offset_reset`` unless ``seek`` is called)."""
+        kept are kept; new ones start at the group's committed offset when there is a group
+        id, else per ``auto_offset_reset``, unless ``seek`` is called)."""
+        if self._group is not None and self._group.subscription is not None:
+            raise ValueError("this consumer is subscribed: assign() and subscribe() are "
+                             "mutually exclusive (unsubscribe first)")
+        self._set_assignment(partitions)
+
+    def _set_assignment(self, partitions: Iterable[tuple[str, int]]) -> None:
         wanted = [TopicPartition(*tp) for tp in partitions]
         old = self._assignment
-        self._assignment = {tp: old.get(tp) or _PartitionState(_RESETS[self.auto_offset_reset])
+        self._assignment = {tp: old.get(tp) or _PartitionState(self._initial_reset)
                             for tp in wanted}
         self.cluster.track({tp.topic for tp in wanted})
         self._maybe_fetch()
+
+    def _assign_from_group(self, partitions: Iterable[tuple[str, int]]) -> None:
+        """The membership's assignment (eager protocol: every partition starts afresh)."""
+        self._assignment = {}
+        self._set_assignment(partitions)
+
+    # ---- consumer groups --------------------------------------------------------------------
+
+    def subscribe(self, topics: str | Iterable[str],
+                  listener: ConsumerRebalanceListener | None = None) -> None:
+        """Join the consumer group (``group_id``) for ``topics``; the partitions come from
+        the group's assignment, on the next ``getmany``. ``listener`` replaces the one given
+        to the constructor."""
+        group = self._require_group("subscribe")
+        if self._assignment and group.subscription is None:
+            raise ValueError("this consumer has a manual assignment: assign() and "
+                             "subscribe() are mutually exclusive (assign([]) first)")
+        group.subscribe([topics] if isinstance(topics, str) else topics, listener)
+
+    def subscription(self) -> set[str]:
+        """The topics subscribed to (empty when not subscribed)."""
+        if self._group is None or self._group.subscription is None:
+            return set()
+        return set(self._group.subscription)
+
+    async def unsubscribe(self) -> None:
+        """Leave the group (revoking the partitions; committing first with auto-commit)."""
+        group = self._require_group("unsubscribe")
+        await group.leave_group()
+        self._assignment = {}
+
+    def _require_group(self, what: str) -> GroupMembership:
+        if self._group is None:
+            raise ValueError(f"{what} needs a consumer group: pass group_id")
+        return self._group
+
+    def _positions(self) -> dict[TopicPartition, int]:
+        """The position of each assigned partition whose position is known."""
+        return {tp: st.position for tp, st in self._assignment.items()
+                if st.position is not None}
+
+    def _offsets_to_commit(self, offsets) -> dict[TopicPartition, OffsetAndMetadata]:
+        if offsets is None:
+            return {tp: OffsetAndMetadata(o) for tp, o in self._positions().items()}
+        result = {}
+        for tp, value in dict(offsets).items():
+            if isinstance(value, int):
+                value = OffsetAndMetadata(value)
+            elif not isinstance(value, OffsetAndMetadata):
+                value = OffsetAndMetadata(*value)
+            if value.offset < 0:
+                raise ValueError(f"cannot commit offset {value.offset} for {tp}")
+            result[TopicPartition(*tp)] = value
+        return result
+
+    async def commit(self, offsets: Mapping[tuple[str, int], Any] | None = None, *,
+                     timeout_ms: int | None = None) -> None:
+        """Commit ``offsets`` ({tp: offset | OffsetAndMetadata | (offset, metadata)}; the
+        offset of the *next* record to read) or, when None, the position of every assigned
+        partition. Retriable errors are retried until ``timeout_ms`` (request_timeout_ms).
+        CommitFailedError: the group rebalanced meanwhile; RebalanceInProgressError: it is
+        rebalancing now."""
+        group = self._require_group("commit")
+        await group.commit(self._offsets_to_commit(offsets),
+                           timeout_ms=self.request_timeout_ms if timeout_ms is None
+                           else timeout_ms)
+
+    def commit_async(self, offsets: Mapping[tuple[str, int], Any] | None = None,
+                     callback: Callable[[dict, Exception | None], Any] | None = None
+                     ) -> asyncio.Future:
+        """Send one commit without waiting; returns its future (None, or the error), and
+        calls ``callback(offsets, error_or_None)`` when it is answered. Not retried."""
+        group = self._require_group("commit_async")
+        wanted = self._offsets_to_commit(offsets)
+
+        async def run():
+            error = None
+            try:
+                await group.commit_once(wanted)
+            except KafkaError as exc:
+                error = exc
+            if callback is not None:
+                callback(wanted, error)
+            if error is not None:
+                raise error
+        future = asyncio.ensure_future(run())
+        future.add_done_callback(lambda f: f.cancelled() or f.exception())
+        return future
+
+    async def committed(self, tp: tuple[str, int], *, timeout_ms: int | None = None
+                        ) -> int | None:
+        """The group's committed offset of ``tp`` (None when there is none)."""
+        found = await self.committed_offsets([tp], timeout_ms=timeout_ms)
+        value = found[TopicPartition(*tp)]
+        return None if value is None else value.offset
+
+    async def committed_offsets(self, tps: Iterable[tuple[str, int]], *,
+                                timeout_ms: int | None = None
+                                ) -> dict[TopicPartition, OffsetAndMetadata | None]:
+        """The group's committed offsets (with their metadata) of ``tps``."""
+        group = self._require_group("committed")
+        return await group.committed([TopicPartition(*tp) for tp in tps],
+                                     timeout_ms=self.request_timeout_ms if timeout_ms is None
+                                     else timeout_ms)
+
+    def _wake(self) -> None:
+        if self._data_ready is not None:
+            self._data_ready.set()
+
+    def _report(self, error: BaseException) -> None:
+        """An error for the next getmany to raise."""
+        if not self._closed:
+            self._errors.append(error)
+            self._wake()
 
     async def assign_topic(self, topic: str) -> list[TopicPartition]:
         """Assign every partition of ``topic`` (KafkaError if it does not exist)."""
@@ -193,7 +392,6 @@ class AsyncConsumer:
         self._seek_to(tps, LATEST)
 
     def _seek_to(self, tps, where: int) -> None:
-        self.trace.append(("seek_to", where, time.monotonic()))
         for tp in tps or list(self._assignment):
             state = self._state(tp)
             state.clear_buffer()
@@ -317,21 +515,28 @@ class AsyncConsumer:
             raise ClientClosedError("consumer is not started")
         only = {TopicPartition(*tp) for tp in partitions} if partitions else None
         deadline = time.monotonic() + timeout_ms / 1000
+        group = self._group
         while True:
             self._data_ready.clear()
             self._raise_pending()
-            taken = self._take(only, max_records)
-            self._maybe_fetch()
-            if taken:
-                return taken
-            remaining = deadline - time.monotonic()
-            if remaining <= 0 or self._closed:
-                return {}
+            if group is not None:
+                group.on_poll_start()
             try:
-                async with asyncio.timeout(remaining):
-                    await self._data_ready.wait()
-            except TimeoutError:
-                pass
+                taken = self._take(only, max_records)
+                self._maybe_fetch()
+                if taken:
+                    return taken
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self._closed:
+                    return {}
+                try:
+                    async with asyncio.timeout(remaining):
+                        await self._data_ready.wait()
+                except TimeoutError:
+                    pass
+            finally:
+                if group is not None:
+                    group.on_poll_end()
 
     def __aiter__(self) -> AsyncConsumer:
         return self
@@ -351,6 +556,8 @@ class AsyncConsumer:
     def _take(self, only: set[TopicPartition] | None, max_records: int | None
               ) -> dict[TopicPartition, list[ConsumerRecord]]:
         taken: dict[TopicPartition, list[ConsumerRecord]] = {}
+        if self._rebalancing:
+            return taken
         budget = max_records if max_records is not None else 1 << 62
         tps = [tp for tp, st in self._assignment.items()
                if st.chunks and (only is None or tp in only)]
@@ -384,7 +591,7 @@ class AsyncConsumer:
     # ---- fetching ---------------------------------------------------------------------------
 
     def _maybe_fetch(self) -> None:
-        if not self._started or self._closed:
+        if not self._started or self._closed or self._rebalancing:
             return
         now = time.monotonic()
         by_node: dict[int, list[TopicPartition]] = {}
@@ -406,9 +613,14 @@ class AsyncConsumer:
                 by_node.setdefault(leader, []).append(tp)
         for node_id, tps in by_node.items():
             self._fetching.add(node_id)
+            # Offsets and seek epochs are taken now, not when the task runs: a seek in
+            # between must make this request's answer stale, not retarget the request.
+            sent = {}
             for tp in tps:
-                self._assignment[tp].in_flight = True
-            self._spawn(self._fetch(node_id, tps))
+                state = self._assignment[tp]
+                state.in_flight = True
+                sent[tp] = (state.fetch_offset, state.seek_epoch)
+            self._spawn(self._fetch(node_id, sent))
         if needs_reset and not self._resetting:
             self._resetting = True
             self._spawn(self._reset_then_fetch())
@@ -457,34 +669,48 @@ class AsyncConsumer:
         self._maybe_fetch()
 
     async def _reset_positions(self, tps: list[TopicPartition]) -> None:
-        """Look up the position of ``tps`` per their ``reset_to`` (raising for "error")."""
-        wanted: dict[TopicPartition, int] = {}
-        epochs: dict[TopicPartition, int] = {}
-        for tp in tps:
+        """Look up the position of ``tps`` per their ``reset_to``: the group's committed
+        offset, then ListOffsets per auto_offset_reset (raising for "error")."""
+        epochs = {tp: st.seek_epoch for tp in tps
+                  if (st := self._assignment.get(tp)) is not None and st.position is None}
+
+        def still_waiting(tp) -> _PartitionState | None:
+            """The state of ``tp`` if neither reassigned nor sought since the lookup began."""
             state = self._assignment.get(tp)
-            if state is None or state.position is not None:
+            if state is None or state.seek_epoch != epochs[tp] or state.position is not None:
+                return None
+            return state
+        from_group = [tp for tp in epochs if self._assignment[tp].reset_to == COMMITTED]
+        if from_group:
+            committed = await self._group.committed(from_group,
+                                                    timeout_ms=self.request_timeout_ms)
+            for tp in from_group:
+                state = still_waiting(tp)
+                if state is None or state.reset_to != COMMITTED:
+                    continue
+                if committed.get(tp) is not None:
+                    state.position = state.fetch_offset = committed[tp].offset
+                else:
+                    state.reset_to = _RESETS[self.auto_offset_reset]
+        wanted: dict[TopicPartition, int] = {}
+        for tp in epochs:
+            state = still_waiting(tp)
+            if state is None:
                 continue
             if state.reset_to is None:
                 raise NoOffsetForPartitionError(
                     f"{tp.topic}-{tp.partition}: no valid position and "
                     "auto_offset_reset='error'", tp.topic, tp.partition)
             wanted[tp] = state.reset_to
-            epochs[tp] = state.seek_epoch
         if not wanted:
             return
-        self.trace.append(("reset start", wanted, epochs, time.monotonic()))
         found = await self._list_offsets(wanted)
-        self.trace.append(("reset found", found, {tp: self._assignment[tp].seek_epoch for tp in found}, time.monotonic()))
         for tp, answer in found.items():
-            state = self._assignment.get(tp)
-            if state is None or state.seek_epoch != epochs[tp] or state.position is not None:
-                continue  # reassigned or sought meanwhile
-            state.position = state.fetch_offset = answer.offset
+            state = still_waiting(tp)
+            if state is not None:
+                state.position = state.fetch_offset = answer.offset
 
-    async def _fetch(self, node_id: int, tps: list[TopicPartition]) -> None:
-        sent = {tp: (self._assignment[tp].fetch_offset, self._assignment[tp].seek_epoch)
-                for tp in tps}
-        self.trace.append(("fetch", sent, time.monotonic()))
+    async def _fetch(self, node_id: int, sent: dict[TopicPartition, tuple[int, int]]) -> None:
         try:
             try:
                 connection = await self.cluster.connection(node_id)
@@ -516,7 +742,7 @@ class AsyncConsumer:
                            refresh=False)
         finally:
             self._fetching.discard(node_id)
-            for tp in tps:
+            for tp in sent:
                 state = self._assignment.get(tp)
                 if state is not None:
                     state.in_flight = False
@@ -545,7 +771,6 @@ class AsyncConsumer:
         if state is None or state.seek_epoch != epoch or state.fetch_offset != fetch_offset:
             return  # unassigned, or sought since the request left
         code = int(p.error_code)
-        self.trace.append(("answer", sent, code, len(p.records or b""), time.monotonic()))
         state.high_watermark = int(p.high_watermark)
         state.log_start_offset = int(getattr(p, "log_start_offset", -1))
         state.last_stable_offset = int(getattr(p, "last_stable_offset", -1))
@@ -605,14 +830,49 @@ class AsyncConsumer:
         self._maybe_fetch()
 
 
+class _ThreadedListener(ConsumerRebalanceListener):
+    """Runs a blocking consumer's rebalance callbacks in a worker thread, so that they may
+    call the ``Consumer``'s own blocking methods (``commit``, ``position``, ``seek``), which
+    run on the event loop the rebalance itself runs on."""
+
+    def __init__(self, inner: ConsumerRebalanceListener):
+        self.inner = inner
+
+    async def _run(self, method: Callable, partitions) -> None:
+        await asyncio.get_running_loop().run_in_executor(None, method, partitions)
+
+    async def on_partitions_revoked(self, revoked):
+        await self._run(self.inner.on_partitions_revoked, revoked)
+
+    async def on_partitions_assigned(self, assigned):
+        await self._run(self.inner.on_partitions_assigned, assigned)
+
+    async def on_partitions_lost(self, lost):
+        method = getattr(self.inner, "on_partitions_lost", None) or \
+            self.inner.on_partitions_revoked
+        await self._run(method, lost)
+
+
+def _threaded(listener: ConsumerRebalanceListener | None) -> _ThreadedListener | None:
+    return None if listener is None else _ThreadedListener(listener)
+
+
 class Consumer:
     """Blocking consumer: an ``AsyncConsumer`` on an event loop in a background thread.
     Same keyword arguments; ``poll`` is ``getmany``; iteration yields records and stops after
-    ``consumer_timeout_ms`` without one (never, when None)."""
+    ``consumer_timeout_ms`` without one (never, when None). Rebalance callbacks run in a
+    worker thread while ``poll`` (or iteration) waits, and may call this consumer's methods."""
 
     def __init__(self, bootstrap: str | Iterable[str] = "127.0.0.1:9092", *,
                  consumer_timeout_ms: int | None = None, **config):
         self.consumer_timeout_ms = consumer_timeout_ms
+        callbacks = {k: config.pop(k) for k in ("on_assign", "on_revoke", "on_lost")
+                     if config.get(k) is not None}
+        if callbacks:
+            if config.get("listener") is not None:
+                raise ValueError("give either listener or on_assign/on_revoke/on_lost")
+            config["listener"] = CallbackListener(**callbacks)
+        config["listener"] = _threaded(config.get("listener"))
         self._thread = LoopThread("pylog-consumer")
         try:
             self._consumer: AsyncConsumer = self._thread.run(self._create(bootstrap, config))
@@ -639,6 +899,60 @@ class Consumer:
 
     def assign_topic(self, topic: str) -> list[TopicPartition]:
         return self._thread.run(self._consumer.assign_topic(topic))
+
+    def subscribe(self, topics: str | Iterable[str],
+                  listener: ConsumerRebalanceListener | None = None) -> None:
+        self._call(self._consumer.subscribe, topics if isinstance(topics, str)
+                   else list(topics), _threaded(listener))
+
+    def subscription(self) -> set[str]:
+        return self._call(self._consumer.subscription)
+
+    def unsubscribe(self) -> None:
+        self._pending.clear()
+        self._thread.run(self._consumer.unsubscribe())
+
+    def _consumed(self, offsets) -> Any:
+        """``offsets`` for a commit; None means what the caller has been handed: records
+        taken from the loop but not yet returned by iteration are not consumed."""
+        if offsets is not None:
+            return offsets
+        if not self._pending:
+            return None
+        positions = self._call(self._consumer._positions)
+        for record in reversed(self._pending):
+            positions[TopicPartition(record.topic, record.partition)] = record.offset
+        return positions
+
+    def commit(self, offsets: Mapping[tuple[str, int], Any] | None = None, *,
+               timeout_ms: int | None = None) -> None:
+        self._thread.run(self._consumer.commit(self._consumed(offsets), timeout_ms=timeout_ms))
+
+    def commit_async(self, offsets: Mapping[tuple[str, int], Any] | None = None,
+                     callback: Callable[[dict, Exception | None], Any] | None = None
+                     ) -> concurrent.futures.Future:
+        """Returns a concurrent.futures.Future; ``callback`` runs on the loop thread."""
+        offsets = self._consumed(offsets)
+
+        done: concurrent.futures.Future = concurrent.futures.Future()
+
+        async def run():
+            try:
+                await self._consumer.commit_async(offsets, callback)
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller's future
+                done.set_exception(exc)
+            else:
+                done.set_result(None)
+        self._thread.loop.call_soon_threadsafe(lambda: asyncio.ensure_future(run()))
+        return done
+
+    def committed(self, tp: tuple[str, int], *, timeout_ms: int | None = None) -> int | None:
+        return self._thread.run(self._consumer.committed(tp, timeout_ms=timeout_ms))
+
+    def committed_offsets(self, tps, *, timeout_ms: int | None = None
+                          ) -> dict[TopicPartition, OffsetAndMetadata | None]:
+        return self._thread.run(self._consumer.committed_offsets(list(tps),
+                                                                 timeout_ms=timeout_ms))
 
     def assignment(self) -> set[TopicPartition]:
         return self._call(self._consumer.assignment)

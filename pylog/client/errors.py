@@ -158,6 +158,78 @@ class NotControllerError(RemoteError):
     pass
 
 
+# consumer groups
+
+class CoordinatorLoadInProgressError(RemoteError):
+    pass
+
+
+class CoordinatorNotAvailableError(RemoteError):
+    pass
+
+
+class NotCoordinatorError(RemoteError):
+    pass
+
+
+class IllegalGenerationError(RemoteError):
+    pass
+
+
+class UnknownMemberIdError(RemoteError):
+    pass
+
+
+class RebalanceInProgressError(RemoteError):
+    """The group is rebalancing: the member must re-join (its next ``getmany`` does)."""
+
+
+class InconsistentGroupProtocolError(RemoteError):
+    pass
+
+
+class InvalidSessionTimeoutError(RemoteError):
+    pass
+
+
+class GroupIdNotFoundError(RemoteError):
+    pass
+
+
+class NonEmptyGroupError(RemoteError):
+    pass
+
+
+class CommitFailedError(KafkaError):
+    """A commit that cannot succeed because this member is not in the group's current
+    generation (the coordinator answered ILLEGAL_GENERATION or UNKNOWN_MEMBER_ID, or the
+    consumer has not joined): the partitions may belong to another member now. The consumer
+    re-joins on its next ``getmany``. ``error_code`` is the coordinator's code, if any."""
+
+    def __init__(self, message: str, error_code: int | None = None):
+        super().__init__(message)
+        self.error_code = error_code
+
+
+# idempotent producers
+
+class OutOfOrderSequenceError(RemoteError):
+    """The broker expected another sequence number: records between the last acknowledged
+    batch and this one are missing (or the broker lost this producer's state)."""
+
+
+class DuplicateSequenceError(RemoteError):
+    pass
+
+
+class InvalidProducerEpochError(RemoteError):
+    pass
+
+
+class UnknownProducerIdError(RemoteError):
+    """The broker has no state for this producer id (expired, or removed with the log)."""
+
+
 _BY_CODE: dict[int, type[RemoteError]] = {
     ErrorCode.UNKNOWN_TOPIC_OR_PARTITION: UnknownTopicOrPartitionError,
     ErrorCode.LEADER_NOT_AVAILABLE: LeaderNotAvailableError,
@@ -175,6 +247,20 @@ _BY_CODE: dict[int, type[RemoteError]] = {
     ErrorCode.INVALID_REPLICATION_FACTOR: InvalidReplicationFactorError,
     ErrorCode.INVALID_CONFIG: InvalidConfigError,
     ErrorCode.NOT_CONTROLLER: NotControllerError,
+    ErrorCode.COORDINATOR_LOAD_IN_PROGRESS: CoordinatorLoadInProgressError,
+    ErrorCode.COORDINATOR_NOT_AVAILABLE: CoordinatorNotAvailableError,
+    ErrorCode.NOT_COORDINATOR: NotCoordinatorError,
+    ErrorCode.ILLEGAL_GENERATION: IllegalGenerationError,
+    ErrorCode.UNKNOWN_MEMBER_ID: UnknownMemberIdError,
+    ErrorCode.REBALANCE_IN_PROGRESS: RebalanceInProgressError,
+    ErrorCode.INCONSISTENT_GROUP_PROTOCOL: InconsistentGroupProtocolError,
+    ErrorCode.INVALID_SESSION_TIMEOUT: InvalidSessionTimeoutError,
+    ErrorCode.GROUP_ID_NOT_FOUND: GroupIdNotFoundError,
+    ErrorCode.NON_EMPTY_GROUP: NonEmptyGroupError,
+    ErrorCode.OUT_OF_ORDER_SEQUENCE_NUMBER: OutOfOrderSequenceError,
+    ErrorCode.DUPLICATE_SEQUENCE_NUMBER: DuplicateSequenceError,
+    ErrorCode.INVALID_PRODUCER_EPOCH: InvalidProducerEpochError,
+    ErrorCode.UNKNOWN_PRODUCER_ID: UnknownProducerIdError,
 }
 
 #: Codes after which the client's metadata is stale: refresh before retrying.
@@ -187,6 +273,12 @@ METADATA_STALE_CODES = frozenset({
     ErrorCode.UNKNOWN_LEADER_EPOCH,
     ErrorCode.KAFKA_STORAGE_ERROR,
     ErrorCode.NOT_CONTROLLER,
+})
+
+#: Codes after which the group coordinator must be looked up again (FindCoordinator).
+COORDINATOR_STALE_CODES = frozenset({
+    ErrorCode.COORDINATOR_NOT_AVAILABLE,
+    ErrorCode.NOT_COORDINATOR,
 })
 
 

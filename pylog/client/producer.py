@@ -15,18 +15,44 @@ the error says it is stale, and the batch is sent again after ``retry_backoff_ms
 
 Memory is bounded by ``buffer_memory``: ``send`` waits (it is a coroutine) while the bytes of
 unacknowledged batches are above it.
+
+Idempotence (``enable_idempotence``, on by default as in the Java client; it needs
+acks="all", retries > 0 and max_in_flight <= 5, and is left off when those are set otherwise
+and idempotence was not asked for explicitly). ``start`` gets a producer id and epoch
+(InitProducerId); every batch carries them and a per-partition sequence number
+(``accumulator``), kept across retries, so the broker writes a retried batch once. Answers:
+
+- OUT_OF_ORDER_SEQUENCE_NUMBER for a batch that is *not* the next one the broker expects
+  (an earlier batch of the partition failed and is being retried): retriable; the batch is
+  re-sent after the earlier ones, in order.
+- OUT_OF_ORDER_SEQUENCE_NUMBER for the next expected batch (the broker lost this producer's
+  state, or records are really missing), UNKNOWN_PRODUCER_ID while the partition's log start
+  is not past what was acknowledged (the broker forgot the producer), INVALID_PRODUCER_EPOCH:
+  that batch fails with the broker's error (OutOfOrderSequenceError, UnknownProducerIdError,
+  InvalidProducerEpochError), as in the Java client.
+- UNKNOWN_PRODUCER_ID with a log start past the last acknowledged offset (retention deleted
+  the producer's records and so its state): the batch is retried under a new producer id.
+
+After a batch that carried a sequence fails for good (any error above, a non-retriable error,
+retries or delivery_timeout_ms exhausted) the sequences that follow no longer match the
+broker's, so the producer *resets its producer id*: it stops sending, waits until nothing is in
+flight, asks InitProducerId for a new id (v0/v1 cannot bump the epoch of an id; this is what
+the Java client does with such brokers), restarts every partition's sequences at 0 and re-sends
+what is queued, re-stamped. A batch whose answer was lost just before such a reset may then be
+written twice (the one case idempotence without an epoch bump cannot cover).
 """
 from __future__ import annotations
 
 import asyncio
 import collections
 import concurrent.futures
+import logging
 import threading
 import time
 from collections.abc import Iterable, Mapping
 from typing import Any, NamedTuple
 
-from pylog.client.accumulator import PartitionQueue, ProducerBatch
+from pylog.client.accumulator import PartitionQueue, ProducerBatch, add_sequence
 from pylog.client.errors import (
     METADATA_STALE_CODES,
     ClientClosedError,
@@ -34,6 +60,7 @@ from pylog.client.errors import (
     KafkaTimeoutError,
     RecordTooLargeError,
     UnknownTopicOrPartitionError,
+    UnsupportedVersionError,
     remote_error,
 )
 from pylog.client.loop_thread import LoopThread
@@ -44,7 +71,18 @@ from pylog.protocol import ApiKey, ErrorCode
 from pylog.records import BatchBuilder, Compression
 
 _ACKS = {0: 0, 1: 1, -1: -1, "all": -1, "0": 0, "1": 1, "-1": -1}
+_MAX_IDEMPOTENT_IN_FLIGHT = 5  # the broker remembers the last 5 batches of a producer
+log = logging.getLogger("pylog.client.producer")
 _RECORD_OVERHEAD = 64  # bytes a record may add around its key, value and headers
+
+
+class _TopicLayout(NamedTuple):
+    """A topic's partitions in one metadata snapshot (what partitioning needs per record)."""
+
+    snapshot: object        # the ClusterSnapshot it was computed from
+    count: int              # partitions; ids are 0..count-1
+    all_ids: list[int]
+    available: list[int]    # partitions that have a leader
 
 
 class RecordMetadata(NamedTuple):
@@ -88,18 +126,23 @@ class AsyncProducer:
     """
 
     def __init__(self, bootstrap: str | Iterable[str] = "127.0.0.1:9092", *,
-                 acks: int | str = 1, linger_ms: float = 5, batch_size: int = 16384,
+                 acks: int | str = "all", linger_ms: float = 5, batch_size: int = 16384,
                  compression: str | int | None = None, retries: int = 2_147_483_647,
                  retry_backoff_ms: int = 100, request_timeout_ms: int = 30_000,
                  delivery_timeout_ms: int = 120_000, max_block_ms: int = 60_000,
                  partitioner: str = "murmur2", max_in_flight: int = 5,
                  max_request_size: int = 1_048_576, buffer_memory: int = 32 << 20,
-                 enable_idempotence: bool = False, client_id: str = "pylog-producer",
+                 enable_idempotence: bool | None = None, client_id: str = "pylog-producer",
                  connect_timeout_ms: int = 10_000):
         if acks not in _ACKS:
             raise ValueError(f"acks must be 0, 1 or 'all'/-1, not {acks!r}")
-        if enable_idempotence:
-            raise ValueError("enable_idempotence is not supported yet")
+        compatible = (_ACKS[acks] == -1 and retries > 0
+                      and max_in_flight <= _MAX_IDEMPOTENT_IN_FLIGHT)
+        if enable_idempotence and not compatible:
+            raise ValueError("enable_idempotence needs acks='all', retries > 0 and "
+                             f"max_in_flight <= {_MAX_IDEMPOTENT_IN_FLIGHT}")
+        # None (the default): on unless acks, retries or max_in_flight rule it out (Java).
+        self.idempotent = compatible if enable_idempotence is None else bool(enable_idempotence)
         if partitioner not in KEY_PARTITIONERS:
             raise ValueError(f"partitioner must be one of {sorted(KEY_PARTITIONERS)}")
         if max_in_flight < 1 or batch_size < 62 or linger_ms < 0:
@@ -118,6 +161,7 @@ class AsyncProducer:
         self.buffer_memory = buffer_memory
         self._key_partition = KEY_PARTITIONERS[partitioner]
         self._sticky = StickyPartitioner()
+        self._layouts: dict[str, _TopicLayout] = {}
         self.cluster = Cluster(bootstrap, client_id=client_id,
                                request_timeout_ms=request_timeout_ms,
                                connect_timeout_ms=connect_timeout_ms,
@@ -140,6 +184,15 @@ class AsyncProducer:
         self._requests: set[asyncio.Task] = set()
         self._closed = False
         self._loop: asyncio.AbstractEventLoop | None = None
+        # Idempotence: the producer id and epoch batches are stamped with (-1 before start).
+        self.producer_id = -1
+        self.producer_epoch = -1
+        # A batch with a sequence failed for good: send nothing until the producer id is
+        # reset (which waits until nothing is in flight).
+        self._reset_pending = False
+        self._resetting: asyncio.Task | None = None
+        # No new producer id could be had: every later send fails with this.
+        self._fatal: KafkaError | None = None
 
     # ---- life cycle -------------------------------------------------------------------------
 
@@ -150,8 +203,42 @@ class AsyncProducer:
         self._room = asyncio.Event()
         self._room.set()
         self._wakeup = asyncio.Event()
-        await self.cluster.refresh()
+        try:
+            await self.cluster.refresh()
+            if self.idempotent:
+                await self._init_producer_id()
+        except BaseException:
+            await self.cluster.close()
+            raise
         self._sender = asyncio.ensure_future(self._run_sender())
+
+    async def _init_producer_id(self) -> None:
+        """InitProducerId (no transactional id): a new producer id and epoch, retrying
+        retriable errors for up to ``max_block_ms``."""
+        deadline = time.monotonic() + self.max_block_ms / 1000
+        while True:
+            try:
+                connection = await self.cluster.any_connection()
+                try:
+                    connection.api_version(ApiKey.INIT_PRODUCER_ID)
+                except UnsupportedVersionError:
+                    raise UnsupportedVersionError(
+                        f"broker {connection.address} does not support idempotent producers "
+                        "(no InitProducerId); pass enable_idempotence=False") from None
+                answer = await connection.request(ApiKey.INIT_PRODUCER_ID, {
+                    "transactional_id": None, "transaction_timeout": 60_000,
+                    "producer_id": -1, "producer_epoch": -1})
+                code = int(answer.error_code)
+                if code == 0:
+                    self.producer_id = int(answer.producer_id)
+                    self.producer_epoch = int(answer.producer_epoch)
+                    log.debug("producer id %d epoch %d", self.producer_id, self.producer_epoch)
+                    return
+                raise remote_error(code, "InitProducerId")
+            except KafkaError as exc:
+                if not exc.retriable or time.monotonic() >= deadline:
+                    raise
+            await asyncio.sleep(self.retry_backoff_s)
 
     async def __aenter__(self) -> AsyncProducer:
         await self.start()
@@ -187,9 +274,11 @@ class AsyncProducer:
             pass
         finally:
             self._closed = True
-            for task in (self._sender, self._refreshing, *self._requests):
-                if task is not None:
-                    task.cancel()
+            tasks = [t for t in (self._sender, self._refreshing, self._resetting,
+                                 *self._requests) if t is not None]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
             error = ClientClosedError("producer closed before the record was sent")
             for queue in self._queues.values():
                 while queue.batches:
@@ -225,38 +314,60 @@ class AsyncProducer:
         if self._closed or self._sender is None:
             raise ClientClosedError("producer is closed" if self._closed
                                     else "producer is not started")
-        value = _as_bytes(value, "value")
-        key = _as_bytes(key, "key")
-        header_list = _as_headers(headers)
-        size = ((len(value) if value is not None else 0) + (len(key) if key is not None else 0)
-                + sum(len(n) + (len(v) if v is not None else 0) for n, v in header_list)
-                + _RECORD_OVERHEAD)
-        if size > self.max_request_size:
+        if self._fatal is not None:
+            raise self._fatal
+        if value is not None and type(value) is not bytes:
+            value = _as_bytes(value, "value")
+        if key is not None and type(key) is not bytes:
+            key = _as_bytes(key, "key")
+        size = (len(value) if value is not None else 0) + (len(key) if key is not None else 0)
+        if headers:
+            headers = _as_headers(headers)
+            size += sum(len(n) + (len(v) if v is not None else 0) for n, v in headers)
+        else:
+            headers = ()
+        if size + _RECORD_OVERHEAD > self.max_request_size:
             raise RecordTooLargeError(f"a record of about {size} bytes exceeds "
                                       f"max_request_size {self.max_request_size}")
         if not self._room.is_set():
             await self._wait_for_room()
-        topic_md = self.cluster.snapshot.topics.get(topic)
-        if topic_md is None or not topic_md.ready:
-            topic_md = await self.cluster.topic(topic, timeout_ms=self.max_block_ms)
+        layout = self._layout(topic)
+        if layout is None:
+            await self.cluster.topic(topic, timeout_ms=self.max_block_ms)
+            layout = self._layout(topic)
         if timestamp is None:
             timestamp = time.time_ns() // 1_000_000
-        self._append(topic, self._choose_partition(topic, topic_md, key, partition),
-                     value, key, header_list, timestamp, sink)
+        self._append(topic, self._choose_partition(topic, layout, key, partition),
+                     value, key, headers, timestamp, sink)
 
-    def _choose_partition(self, topic: str, topic_md, key, partition: int | None) -> int:
-        count = len(topic_md.partitions)
+    def _layout(self, topic: str) -> _TopicLayout | None:
+        """The partitions of ``topic`` as the current metadata has them (None while unknown
+        or leaderless), computed once per metadata snapshot."""
+        snapshot = self.cluster.snapshot
+        layout = self._layouts.get(topic)
+        if layout is not None and layout.snapshot is snapshot:
+            return layout
+        topic_md = snapshot.topics.get(topic)
+        if topic_md is None or not topic_md.ready:
+            return None
+        layout = _TopicLayout(snapshot, len(topic_md.partitions),
+                              list(range(len(topic_md.partitions))),
+                              [p.partition for p in topic_md.partitions.values()
+                               if p.leader >= 0])
+        self._layouts[topic] = layout
+        return layout
+
+    def _choose_partition(self, topic: str, layout: _TopicLayout, key,
+                          partition: int | None) -> int:
         if partition is not None:
-            if partition not in topic_md.partitions:
+            if not 0 <= partition < layout.count:
                 raise UnknownTopicOrPartitionError(
                     ErrorCode.UNKNOWN_TOPIC_OR_PARTITION,
-                    f"{topic!r} has no partition {partition} ({count} partitions)")
+                    f"{topic!r} has no partition {partition} ({layout.count} partitions)")
             return partition
         if key is not None:
-            return self._key_partition(bytes(key), count)
-        all_ids = list(range(count))
-        available = [p.partition for p in topic_md.partitions.values() if p.leader >= 0]
-        return self._sticky.partition(topic, all_ids, available)
+            return self._key_partition(key, layout.count)
+        return self._sticky.partition(topic, layout.all_ids, layout.available)
 
     async def _wait_for_room(self) -> None:
         try:
@@ -300,11 +411,10 @@ class AsyncProducer:
         if batch.closed:
             return
         batch.close()
-        topic_md = self.cluster.snapshot.topics.get(batch.topic)
-        if topic_md is not None:
-            all_ids = list(range(len(topic_md.partitions)))
-            available = [p.partition for p in topic_md.partitions.values() if p.leader >= 0]
-            self._sticky.on_batch_closed(batch.topic, batch.partition, all_ids, available)
+        layout = self._layout(batch.topic)
+        if layout is not None:
+            self._sticky.on_batch_closed(batch.topic, batch.partition, layout.all_ids,
+                                         layout.available)
         self._wakeup.set()
 
     def _account(self, delta: int) -> None:
@@ -335,6 +445,8 @@ class AsyncProducer:
         """One pass: send what is ready; expire what waited too long. Returns when the next
         pass is due (monotonic time), None to wait for a wakeup only."""
         now = time.monotonic()
+        if self._reset_pending:
+            return self._while_resetting(now)
         flushing = self._flushing > 0
         by_node: dict[int, list[PartitionQueue]] = {}
         next_wake: float | None = None
@@ -342,7 +454,9 @@ class AsyncProducer:
         empty = []
         for tp, queue in self._queues.items():
             if not queue.batches:
-                if not queue.in_flight:
+                # An idle queue is dropped, but not with idempotence: it holds the
+                # partition's sequence numbers for this producer id.
+                if not queue.in_flight and not self.idempotent:
                     empty.append(tp)
                 continue
             if not queue.sendable(now):
@@ -375,8 +489,70 @@ class AsyncProducer:
     def _expire(self, queue: PartitionQueue, now: float) -> None:
         while queue.batches and queue.batches[0].deadline <= now and not queue.in_flight:
             batch = queue.batches.popleft()
+            self._after_sequenced_failure(batch, "a batch expired")
             self._fail_batch(batch, KafkaTimeoutError(
                 f"{batch.topic}-{batch.partition}: not delivered within delivery_timeout_ms"))
+
+    # ---- idempotence ------------------------------------------------------------------------
+
+    def _after_sequenced_failure(self, batch: ProducerBatch, why: str) -> None:
+        """A batch that may have reached the broker with a sequence failed for good: the
+        sequences after it no longer match the broker's, so reset the producer id."""
+        if (self.idempotent and batch.base_sequence >= 0
+                and batch.producer_id == self.producer_id and not self._closed):
+            if not self._reset_pending:
+                log.warning("%s-%d: %s; resetting the producer id (was %d)", batch.topic,
+                            batch.partition, why, self.producer_id)
+            self._reset_pending = True
+            self._wakeup.set()
+
+    def _while_resetting(self, now: float) -> float:
+        """Sender pass during a producer id reset: nothing is sent; the reset starts once no
+        request is in flight."""
+        for queue in self._queues.values():
+            self._expire(queue, now)
+        if not any(self._in_flight.values()) and (self._resetting is None
+                                                  or self._resetting.done()):
+            self._resetting = asyncio.ensure_future(self._reset_producer_id())
+        return now + self.retry_backoff_s
+
+    async def _reset_producer_id(self) -> None:
+        try:
+            await self._init_producer_id()
+        except KafkaError as exc:
+            log.error("cannot get a new producer id (%s): failing every queued record", exc)
+            for queue in self._queues.values():
+                while queue.batches:
+                    self._fail_batch(queue.batches.popleft(), exc)
+            self._fatal = exc
+            return
+        for queue in self._queues.values():
+            queue.reset_sequences()
+        self._reset_pending = False
+        log.info("new producer id %d epoch %d", self.producer_id, self.producer_epoch)
+        self._wakeup.set()
+
+    def _on_sequence_error(self, batch: ProducerBatch, code: int, answer) -> None:
+        """An error answer to a batch of an idempotent producer (see the module docstring)."""
+        queue = self._queue(batch)
+        error = remote_error(code, getattr(answer, "error_message", None)
+                             or f"{batch.topic}-{batch.partition} sequence "
+                                f"{batch.base_sequence} (producer id {batch.producer_id})")
+        current = (batch.producer_id, batch.producer_epoch) == (self.producer_id,
+                                                                 self.producer_epoch)
+        if code == ErrorCode.OUT_OF_ORDER_SEQUENCE_NUMBER and current \
+                and not queue.is_next_in_line(batch):
+            self._retry_or_fail(batch, error, retriable=True)  # behind a batch being retried
+            return
+        if code == ErrorCode.UNKNOWN_PRODUCER_ID and current and \
+                int(getattr(answer, "log_start_offset", -1)) > queue.last_acked_offset:
+            # Retention removed this producer's records and so its state: a new producer id
+            # and the batch again (Kafka's KIP-360 case), not an error.
+            self._retry_or_fail(batch, error, retriable=True)
+            self._after_sequenced_failure(batch, "the broker forgot the producer (log start "
+                                                 "moved past its records)")
+            return
+        self._retry_or_fail(batch, error)
 
     def _send_to(self, node_id: int, queues: list[PartitionQueue]) -> None:
         batches: list[ProducerBatch] = []
@@ -385,6 +561,15 @@ class AsyncProducer:
             batch = queue.batches[0]
             if batch.payload is None:
                 self._close_batch(batch)
+            if self.idempotent and (batch.producer_id, batch.producer_epoch) != \
+                    (self.producer_id, self.producer_epoch):
+                # First send under this producer id: the partition's next sequence (kept
+                # if the batch waits for the next request: it stays at the queue's head).
+                batch.stamp_producer(self.producer_id, self.producer_epoch,
+                                     queue.next_record_sequence)
+                queue.next_record_sequence = add_sequence(queue.next_record_sequence,
+                                                          len(batch))
+            elif batch.payload is None:
                 batch.build()
             if batches and size + len(batch.payload) > self.max_request_size:
                 break
@@ -421,6 +606,11 @@ class AsyncProducer:
                 for batch in batches:
                     self._retry_or_fail(batch, exc)
                 return
+            except asyncio.CancelledError:  # close() gave up waiting for this answer
+                for batch in batches:
+                    self._fail_batch(batch, ClientClosedError(
+                        "producer closed before the broker answered"))
+                raise
             answers = {(t.name, int(p.index)): p for t in response.responses
                        for p in t.partition_responses}
             for batch in batches:
@@ -428,6 +618,11 @@ class AsyncProducer:
                 if answer is None:
                     self._retry_or_fail(batch, KafkaError(
                         f"no answer for {batch.topic}-{batch.partition} in the Produce response"))
+                elif int(answer.error_code) == ErrorCode.DUPLICATE_SEQUENCE_NUMBER \
+                        and batch.base_sequence >= 0:
+                    self._complete_batch(batch, -1, -1)  # written before; offsets unknown
+                elif int(answer.error_code) and batch.base_sequence >= 0:
+                    self._on_sequence_error(batch, int(answer.error_code), answer)
                 elif int(answer.error_code):
                     self._retry_or_fail(batch, remote_error(
                         int(answer.error_code), getattr(answer, "error_message", None)))
@@ -444,6 +639,11 @@ class AsyncProducer:
         queue = self._queues.get((batch.topic, batch.partition))
         if queue is not None and queue.in_flight:
             queue.in_flight -= 1
+        if queue is not None and batch.base_sequence >= 0 \
+                and batch.producer_id == self.producer_id:
+            queue.last_acked_sequence = batch.last_sequence
+            if base_offset >= 0:
+                queue.last_acked_offset = base_offset + len(batch) - 1
         topic, partition = batch.topic, batch.partition
         for i, (sink, stamp) in enumerate(zip(batch.sinks, batch.timestamps)):
             _resolve(sink, RecordMetadata(topic, partition,
@@ -451,14 +651,20 @@ class AsyncProducer:
                                           log_append_time if log_append_time >= 0 else stamp))
         self._finish(batch)
 
-    def _retry_or_fail(self, batch: ProducerBatch, error: Exception) -> None:
+    def _queue(self, batch: ProducerBatch) -> PartitionQueue:
         queue = self._queues.get((batch.topic, batch.partition))
         if queue is None:
             queue = self._queues[(batch.topic, batch.partition)] = \
                 PartitionQueue(batch.topic, batch.partition)
+        return queue
+
+    def _retry_or_fail(self, batch: ProducerBatch, error: Exception, *,
+                       retriable: bool | None = None) -> None:
+        queue = self._queue(batch)
         if queue.in_flight:
             queue.in_flight -= 1
-        retriable = getattr(error, "retriable", False)
+        if retriable is None:
+            retriable = getattr(error, "retriable", False)
         if (retriable and not self._closed and batch.attempts <= self.retries
                 and time.monotonic() < batch.deadline):
             queue.requeue(batch)
@@ -470,6 +676,7 @@ class AsyncProducer:
             return
         if queue.in_flight == 0 and not queue.batches:
             queue.blocked_until_drained = False
+        self._after_sequenced_failure(batch, f"a batch failed ({error})")
         self._fail_batch(batch, error)
 
     def _fail_batch(self, batch: ProducerBatch, error: Exception) -> None:

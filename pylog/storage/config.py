@@ -39,7 +39,9 @@ MIN_SEGMENT_INDEX_BYTES = 12
 MIN_MESSAGE_MAX_BYTES = 61
 DEFAULT_MESSAGE_MAX_BYTES = 1048588
 
-SUPPORTED_CLEANUP_POLICIES = ("delete",)
+# cleanup.policy is a comma-separated list of these (Kafka accepts "compact", "delete",
+# "compact,delete" and "delete,compact", spaces around the commas allowed).
+SUPPORTED_CLEANUP_POLICIES = ("delete", "compact")
 
 FsyncPolicy = str | int  # "os" | "always" | interval in milliseconds (> 0)
 
@@ -76,9 +78,28 @@ class LogConfig:
     message_max_bytes: int = DEFAULT_MESSAGE_MAX_BYTES
     """message.max.bytes (Kafka's topic-level spelling: max.message.bytes): largest batch."""
     cleanup_policy: str = "delete"
-    """cleanup.policy: only "delete" (compaction is not implemented)."""
+    """cleanup.policy: "delete" (retention by time and size), "compact" (the log cleaner
+    keeps the latest record per key, storage/cleaner.py) or both, comma-separated. Stored
+    normalised: no spaces, in the order given."""
+    delete_retention_ms: int = DAY_MS
+    """delete.retention.ms: a tombstone (null value) in a compacted log survives at least
+    this long after the cleaner first passed it. 0 .. 2^63-1."""
+    min_cleanable_dirty_ratio: float = 0.5
+    """min.cleanable.dirty.ratio: clean a compacted log once dirty bytes / (clean + dirty
+    bytes) exceeds this. 0 .. 1."""
+    min_compaction_lag_ms: int = 0
+    """min.compaction.lag.ms: a record stays uncompacted at least this long (by its
+    segment's newest timestamp). 0 .. 2^63-1."""
+    max_compaction_lag_ms: int = KAFKA_LONG_MAX
+    """max.compaction.lag.ms: a dirty record older than this makes its log cleanable
+    whatever its dirty ratio. 1 .. 2^63-1, >= min.compaction.lag.ms."""
     min_insync_replicas: int = 1
     """min.insync.replicas: ISR size that acks=all requires. >= 1."""
+    producer_id_expiration_ms: int = DAY_MS
+    """producer.id.expiration.ms: idle time after which a partition forgets an idempotent
+    producer (pylog.storage.producer_state). A broker setting in Kafka, not a topic config:
+    it comes from the broker's defaults and is neither parsed by ``from_kafka`` nor listed by
+    ``to_kafka``. >= 1."""
 
     def __post_init__(self) -> None:
         _int_range("segment.bytes", self.segment_bytes, MIN_SEGMENT_BYTES, GIB)
@@ -94,11 +115,34 @@ class LogConfig:
             _int_range("flush.ms", self.flush_ms, 1, KAFKA_LONG_MAX - 1)
         _int_range("message.max.bytes", self.message_max_bytes, MIN_MESSAGE_MAX_BYTES,
                    KAFKA_INT_MAX)
-        if self.cleanup_policy not in SUPPORTED_CLEANUP_POLICIES:
-            raise ConfigError("cleanup.policy",
-                              f"{self.cleanup_policy!r} is not supported (pylog supports: "
-                              f"{', '.join(SUPPORTED_CLEANUP_POLICIES)})")
+        object.__setattr__(self, "cleanup_policy", _cleanup_policy(self.cleanup_policy))
+        _int_range("delete.retention.ms", self.delete_retention_ms, 0, KAFKA_LONG_MAX)
+        ratio = self.min_cleanable_dirty_ratio
+        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) \
+                or not 0.0 <= ratio <= 1.0:   # also refuses NaN
+            raise ConfigError("min.cleanable.dirty.ratio",
+                              f"{ratio!r} is not a number in 0..1")
+        object.__setattr__(self, "min_cleanable_dirty_ratio", float(ratio))
+        _int_range("min.compaction.lag.ms", self.min_compaction_lag_ms, 0, KAFKA_LONG_MAX)
+        _int_range("max.compaction.lag.ms", self.max_compaction_lag_ms, 1, KAFKA_LONG_MAX)
+        if self.min_compaction_lag_ms > self.max_compaction_lag_ms:
+            raise ConfigError("min.compaction.lag.ms",
+                              f"{self.min_compaction_lag_ms} is greater than "
+                              f"max.compaction.lag.ms={self.max_compaction_lag_ms}")
         _int_range("min.insync.replicas", self.min_insync_replicas, 1, KAFKA_INT_MAX)
+        _int_range("producer.id.expiration.ms", self.producer_id_expiration_ms, 1,
+                   KAFKA_LONG_MAX)
+
+    @property
+    def cleanup_compact(self) -> bool:
+        """cleanup.policy contains "compact": the log cleaner works on this log, and an
+        append of a record without a key is refused (INVALID_RECORD)."""
+        return "compact" in self.cleanup_policy.split(",")
+
+    @property
+    def cleanup_delete(self) -> bool:
+        """cleanup.policy contains "delete": retention.ms and retention.bytes apply."""
+        return "delete" in self.cleanup_policy.split(",")
 
     # ---- Kafka names ------------------------------------------------------------------------
 
@@ -194,12 +238,17 @@ _KAFKA_NAMES = {
     "flush.ms": "flush_ms",
     "message.max.bytes": "message_max_bytes",
     "cleanup.policy": "cleanup_policy",
+    "delete.retention.ms": "delete_retention_ms",
+    "min.cleanable.dirty.ratio": "min_cleanable_dirty_ratio",
+    "min.compaction.lag.ms": "min_compaction_lag_ms",
+    "max.compaction.lag.ms": "max_compaction_lag_ms",
     "min.insync.replicas": "min_insync_replicas",
 }
 # Kafka's topic-level spelling of message.max.bytes is max.message.bytes; accept both.
 _FIELD_OF = {**_KAFKA_NAMES, "max.message.bytes": "message_max_bytes"}
 _NULLABLE = {"flush.messages", "flush.ms"}
 _STRINGS = {"cleanup.policy"}
+_FLOATS = {"min.cleanable.dirty.ratio"}
 
 
 def _parse(name: str, raw: Any) -> Any:
@@ -207,6 +256,8 @@ def _parse(name: str, raw: Any) -> Any:
         if not isinstance(raw, str):
             raise ConfigError(name, f"expected a string, got {raw!r}")
         return raw.strip()
+    if name in _FLOATS:
+        return _parse_float(name, raw)
     if isinstance(raw, bool):
         raise ConfigError(name, f"expected an integer, got {raw!r}")
     if isinstance(raw, int):
@@ -229,3 +280,32 @@ def _int_range(name: str, value: Any, low: int, high: int) -> None:
         raise ConfigError(name, f"expected an integer, got {value!r}")
     if not low <= value <= high:
         raise ConfigError(name, f"{value} is outside {low}..{high}")
+
+
+def _parse_float(name: str, raw: Any) -> float:
+    """A finite number from an int, a float or a decimal string ("0.5", "1", "5e-1")."""
+    if isinstance(raw, bool) or not isinstance(raw, (int, float, str)):
+        raise ConfigError(name, f"expected a number, got {raw!r}")
+    try:
+        value = float(raw.strip() if isinstance(raw, str) else raw)
+    except ValueError:
+        raise ConfigError(name, f"expected a number, got {raw!r}") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ConfigError(name, f"expected a finite number, got {raw!r}")
+    return value
+
+
+def _cleanup_policy(raw: Any) -> str:
+    """cleanup.policy normalised ("compact, delete" -> "compact,delete"); ConfigError for an
+    empty list, an unknown policy or one named twice."""
+    if not isinstance(raw, str):
+        raise ConfigError("cleanup.policy", f"expected a string, got {raw!r}")
+    items = [item.strip() for item in raw.split(",")]
+    for item in items:
+        if item not in SUPPORTED_CLEANUP_POLICIES:
+            raise ConfigError("cleanup.policy",
+                              f"{raw!r}: {item!r} is not a cleanup policy (expected "
+                              "\"delete\", \"compact\" or both, comma-separated)")
+    if len(set(items)) != len(items):
+        raise ConfigError("cleanup.policy", f"{raw!r} names a policy twice")
+    return ",".join(items)

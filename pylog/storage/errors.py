@@ -6,7 +6,7 @@ from __future__ import annotations
 
 __all__ = [
     "StorageError", "OffsetOutOfRangeError", "RecordTooLargeError", "InvalidAppendError",
-    "StaleLeaderEpochError", "LogClosedError", "CorruptLogError",
+    "StaleLeaderEpochError", "LogClosedError", "CorruptLogError", "InvalidRecordError",
 ]
 
 
@@ -38,6 +38,17 @@ class RecordTooLargeError(StorageError):
 class InvalidAppendError(StorageError, ValueError):
     """An append that cannot be taken as given: no batches, or a read-only buffer where the
     offsets must be stamped in place (a caller's bug rather than bad client data)."""
+
+
+class InvalidRecordError(InvalidAppendError):
+    """A record this log's config forbids (INVALID_RECORD, 87): a record without a key in a
+    compacted log, which Kafka refuses ("Compacted topic cannot accept message without
+    key"). ``batch_index`` / ``record_index`` locate it in the appended buffer."""
+
+    def __init__(self, message: str, *, batch_index: int, record_index: int):
+        super().__init__(message)
+        self.batch_index = batch_index
+        self.record_index = record_index
 
 
 class StaleLeaderEpochError(StorageError):

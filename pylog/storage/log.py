@@ -19,6 +19,13 @@ new epoch in the epoch cache *before* the bytes land (so the cache is never behi
 then hands the bytes to the active segment. A follower append keeps the leader's offsets and
 epochs and only checks that it continues this log exactly at the LEO.
 
+Idempotent producers (producer_state.py). Before stamping, a leader append checks every
+batch that carries a producer id against the partition's producer state (epoch, sequence);
+a retry of one of a producer's last 5 batches writes nothing and answers their original
+offsets. After the bytes landed the state takes the batches (follower appends unchecked).
+The state is snapshotted at each roll and at close, rebuilt on open and after a truncation
+from the newest snapshot plus the log after it, and trimmed when the log start moves.
+
 Flush and the recovery point. Data below ``recovery_point`` is known to be on disk (fsynced).
 ``flush`` fsyncs the epoch checkpoint if a truncation rewrote it, then the segments between
 the recovery point and the target, then moves the recovery point. A segment is flushed when it is rolled (asynchronously when a flush requester
@@ -42,8 +49,17 @@ only by the owner thread, under the lock; read by ``flush`` under the lock), the
 point and the truncation counter. The fsyncs themselves run outside ``_lock``: a Segment's
 own lock keeps its files alive while it is fsynced (Segment.flush is a no-op once the owner
 closed or deleted it), so appends never wait for the disk; the owner thread waits at most for
-one segment's fsync, when it trims or closes that very segment. The owner thread reads the
-segment list without the lock: nobody else changes it.
+one segment's fsync, when it trims or closes that very segment.
+
+The log cleaner (cleaner.py) is the one other thread that changes the segment list: under
+``_lock`` it replaces a run of non-active segments by their cleaned copy
+(``replace_segments``), always assigning new lists, never editing them in place. So the
+owner thread may read the list without the lock where it only needs the active segment or
+any one consistent list (``read`` takes both lists under the lock once), and decides and
+removes segments (retention, truncation) under the lock. A replaced segment stays open until
+``close_retired_segments`` (the cleaner calls it file.delete.delay.ms later), so a read that
+took it just before the swap still finds its files open. The cleaner reads segments only
+under ``segments_held()`` or through descriptors of its own.
 """
 from __future__ import annotations
 
@@ -54,16 +70,19 @@ import re
 import threading
 import time
 from concurrent.futures import Future
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
 from pylog import core, records
 from pylog.core import lib
+from pylog.storage.cleaner import finish_interrupted_cleaning, refuse_keyless_records
 from pylog.storage.config import LogConfig
 from pylog.storage.epoch_cache import LeaderEpochCache
 from pylog.storage.errors import (CorruptLogError, InvalidAppendError, LogClosedError,
                                   OffsetOutOfRangeError, RecordTooLargeError,
                                   StaleLeaderEpochError)
+from pylog.storage.producer_state import AppendPlan, ProducerStateManager
 from pylog.storage.segment import Segment
 
 __all__ = ["PartitionLog", "AppendResult", "ReadResult", "FlushRequester"]
@@ -100,6 +119,9 @@ class AppendResult:
     log_append_time: int
     log_start_offset: int
     durable: Future | None = None
+    duplicate: bool = False
+    """True when nothing was written: the batches repeat ones an idempotent producer
+    already appended, whose original offsets these are (record_count and size are 0)."""
 
     @property
     def next_offset(self) -> int:
@@ -138,8 +160,9 @@ class PartitionLog:
         self._clock = clock
         self._flush_requester = flush_requester
         # Invariant: sorted by base offset, never empty; segments[i].next_offset <=
-        # segments[i+1].base_offset; the last one is the active segment. Changed only by the
-        # owner thread, under _lock; _bases mirrors the base offsets for bisect.
+        # segments[i+1].base_offset; the last one is the active segment. Changed only under
+        # _lock, by the owner thread or by the cleaner (which assigns new lists, never
+        # edits them: see the module doc); _bases mirrors the base offsets for bisect.
         self._segments = segments
         self._bases = [s.base_offset for s in segments]
         # Invariant: segments[0].base_offset <= log_start_offset <= log end offset.
@@ -152,6 +175,11 @@ class PartitionLog:
         # the recovery point over bytes it never fsynced.
         self._truncations = 0
         self._epoch_cache = epoch_cache
+        # Idempotent producers' state as of the log end offset (producer_state.py); built by
+        # open() (snapshot + replay), kept in step by appends, truncation and retention.
+        self._producer_state = ProducerStateManager(
+            directory, expiration_ms=config.producer_id_expiration_ms, clock=clock,
+            logger=logger)
         # Wall-clock ms of the first append to the active segment (or of the open, if it
         # had data then); None while it is empty. segment.ms counts from here.
         self._active_since_ms = clock() if segments[-1].size > 0 else None
@@ -160,6 +188,10 @@ class PartitionLog:
         self.recovery_reports = recovery_reports
         self._closed = False
         self._lock = threading.Lock()
+        # Segments the log cleaner replaced, with the time.monotonic() of the swap: out of
+        # the list and their files unlinked, but still open for a read that took them just
+        # before; closed by close_retired_segments (or close). Under _lock.
+        self._retired: list[tuple[float, Segment]] = []
 
     # ---- opening -----------------------------------------------------------------------------
 
@@ -233,6 +265,11 @@ class PartitionLog:
         epoch_cache.truncate_from_end(log.log_end_offset)
         epoch_cache.truncate_from_start(log._log_start_offset)
         log._high_watermark = log._log_start_offset
+        try:
+            log._rebuild_producer_state()
+        except BaseException:
+            log.close_without_flush()
+            raise
         return log
 
     # ---- state -------------------------------------------------------------------------------
@@ -261,6 +298,10 @@ class PartitionLog:
     @property
     def epoch_cache(self) -> LeaderEpochCache:
         return self._epoch_cache
+
+    @property
+    def producer_state(self) -> ProducerStateManager:
+        return self._producer_state
 
     @property
     def latest_epoch(self) -> int | None:
@@ -306,6 +347,7 @@ class PartitionLog:
     def update_config(self, config: LogConfig) -> None:
         """Apply a changed topic config (index sizes take effect for new segments)."""
         self.config = config
+        self._producer_state.expiration_ms = config.producer_id_expiration_ms
 
     # ---- appending ---------------------------------------------------------------------------
 
@@ -314,7 +356,11 @@ class PartitionLog:
         ``leader_epoch`` into ``buf`` (a writable bytearray/memoryview), write.
 
         Raises CorruptBatchError (and subclasses) for invalid batches, RecordTooLargeError,
-        StaleLeaderEpochError, InvalidAppendError (empty or read-only buffer).
+        StaleLeaderEpochError, InvalidAppendError (empty or read-only buffer; its subclass
+        InvalidRecordError for a record without a key when cleanup.policy has "compact"), the
+        producer state's ProducerStateError (OutOfOrderSequenceError, ...): every batch is
+        checked before any is written. A retry of batches already appended by an idempotent
+        producer writes nothing and returns their original offsets (``duplicate`` set).
         """
         self._check_open()
         view = memoryview(buf)
@@ -326,6 +372,8 @@ class PartitionLog:
         batches = records.validate_for_append(view, strict=True)
         if len(batches) == 0:
             raise InvalidAppendError("no record batches to append")
+        if self.config.cleanup_compact:
+            refuse_keyless_records(view, batches)  # InvalidRecordError, as Kafka
         infos = batches.c_infos
         limit = self.config.message_max_bytes
         for i in range(batches.count):
@@ -340,6 +388,14 @@ class PartitionLog:
                 f"append with leader epoch {leader_epoch}, the log is at epoch {latest}",
                 epoch=leader_epoch, latest_epoch=latest)
         first_offset = self.log_end_offset
+        plan = self._producer_state.prepare_append(batches, first_offset)
+        if plan.duplicate is not None:
+            original = plan.duplicate
+            return AppendResult(first_offset=original.first_offset,
+                                last_offset=original.last_offset, batches=batches,
+                                record_count=0, size=0, max_timestamp=original.max_timestamp,
+                                log_append_time=-1, log_start_offset=self._log_start_offset,
+                                duplicate=True)
         next_offset = core.stamp_batches(view, first_offset, leader_epoch)
         # Stamp the validation's batch infos the same way, so they describe the bytes now.
         offset = first_offset
@@ -350,7 +406,7 @@ class PartitionLog:
             offset += info.last_offset_delta + 1
         if offset != next_offset:
             raise AssertionError(f"stamping disagrees: {offset} != {next_offset}")
-        return self._append_validated(view, batches, [(leader_epoch, first_offset)])
+        return self._append_validated(view, batches, [(leader_epoch, first_offset)], plan)
 
     def append_as_follower(self, buf) -> AppendResult:
         """Append batches copied from the leader, keeping their offsets and leader epochs.
@@ -382,7 +438,10 @@ class PartitionLog:
         return self._append_validated(view, batches, epochs)
 
     def _append_validated(self, view: memoryview, batches: core.BatchList,
-                          epochs: list[tuple[int, int]]) -> AppendResult:
+                          epochs: list[tuple[int, int]],
+                          producer_plan: AppendPlan | None = None) -> AppendResult:
+        """Write validated, stamped batches; then the producer state takes them (the
+        leader's checked ``producer_plan``, or the batches as they are for a follower)."""
         infos = batches.c_infos
         first_offset = infos[0].base_offset
         next_offset = batches.next_offset
@@ -401,6 +460,10 @@ class PartitionLog:
             # The epoch entries were written ahead of bytes that never landed.
             self._epoch_cache.truncate_from_end(self.log_end_offset)
             raise
+        if producer_plan is None:
+            self._producer_state.update(batches)
+        else:
+            self._producer_state.commit(producer_plan)
         if self._active_since_ms is None:
             self._active_since_ms = self._clock()
         record_count = 0
@@ -454,8 +517,23 @@ class PartitionLog:
         self._active_since_ms = None
         self.logger.info("%s: rolled new segment at offset %d (previous: %d bytes)",
                          self.directory, new_base, old.size)
+        self._snapshot_producer_state(new_base, durable=False)  # fsynced by the flush
         self._request_flush(new_base)
         return new
+
+    def _snapshot_producer_state(self, offset: int, *, durable: bool) -> None:
+        """A producer-state snapshot at ``offset`` (the log end). Failing to write one is
+        logged, not raised: it only costs a longer replay at the next open."""
+        try:
+            self._producer_state.take_snapshot(offset, durable=durable)
+        except OSError as e:
+            self.logger.warning("%s: producer state snapshot at offset %d not written: %s",
+                                self.directory, offset, e)
+
+    def _rebuild_producer_state(self) -> None:
+        """Producer state from the newest snapshot at or below the log end, plus replay."""
+        self._producer_state.rebuild(self._segments, self._log_start_offset,
+                                     self.log_end_offset)
 
     def _request_flush(self, up_to_offset: int) -> Future:
         if self._flush_requester is not None:
@@ -486,6 +564,7 @@ class PartitionLog:
             self._epoch_cache.sync()  # epochs on disk before the data they describe
             for segment in pending:
                 segment.flush()  # a no-op if the owner closed or deleted it meanwhile
+            self._producer_state.sync_snapshots()  # those written at rolls
         finally:
             # Also after a failure: flush.ms retries after another interval, not in a loop.
             self._last_flush_time = time.monotonic()
@@ -514,9 +593,11 @@ class PartitionLog:
                 offset=offset, log_start_offset=self._log_start_offset,
                 log_end_offset=log_end)
         limit = log_end if max_offset is None else min(max_offset, log_end)
-        i = bisect.bisect_right(self._bases, offset) - 1
-        while offset < limit and i < len(self._segments):
-            segment = self._segments[i]
+        with self._lock:  # the cleaner thread may swap segments: take one consistent list
+            segments, bases = self._segments, self._bases
+        i = bisect.bisect_right(bases, offset) - 1
+        while offset < limit and i < len(segments):
+            segment = segments[i]
             if segment.base_offset >= limit:
                 break
             start = segment.lookup(offset)
@@ -535,8 +616,8 @@ class PartitionLog:
                                   log_end_offset=log_end, high_watermark=self._high_watermark)
             # Nothing at or after offset in this segment below the limit: the next segment.
             i += 1
-            if i < len(self._segments):
-                offset = max(offset, self._segments[i].base_offset)
+            if i < len(segments):
+                offset = max(offset, segments[i].base_offset)
         return ReadResult(offset_first_batch=-1, data=b"" if with_data else None,
                           segment=None, position=-1, length=0,
                           log_start_offset=self._log_start_offset, log_end_offset=log_end,
@@ -603,6 +684,7 @@ class PartitionLog:
         self._log_start_offset = min(self._log_start_offset, log_end)
         self._high_watermark = min(self._high_watermark, log_end)
         self._active_since_ms = self._clock() if self._segments[-1].size > 0 else None
+        self._rebuild_producer_state()  # snapshots past the new end go, the rest replays
         self.logger.info("%s: truncated to offset %d (log end now %d)", self.directory,
                          offset, log_end)
         return True
@@ -622,6 +704,7 @@ class PartitionLog:
             self._bases = [offset]
             self._recovery_point = offset
         self._epoch_cache.clear()
+        self._producer_state.truncate_fully()
         self._log_start_offset = offset
         self._high_watermark = offset
         self._active_since_ms = None
@@ -649,12 +732,15 @@ class PartitionLog:
         """Apply retention: delete whole non-active segments, oldest first, that lie below the
         log start offset, are older than retention.ms (by their newest timestamp), or that
         retention.bytes wants gone; never a segment holding offsets at or above the high
-        watermark. Returns the number deleted."""
+        watermark. retention.ms and retention.bytes apply only when cleanup.policy contains
+        "delete". Returns the number deleted."""
         self._check_open()
         now_ms = self._clock() if now_ms is None else now_ms
         deleted = self._delete_segment_prefix(
             lambda segment, following: following.base_offset <= self._log_start_offset,
             "below the log start offset")
+        if not self.config.cleanup_delete:
+            return deleted
         retention_ms = self.config.retention_ms
         if retention_ms >= 0:
             deleted += self._delete_segment_prefix(
@@ -679,12 +765,17 @@ class PartitionLog:
         """Delete the longest run of oldest non-active segments for which ``deletable`` holds
         and whose offsets are all below the high watermark."""
         count = 0
-        while len(self._segments) > 1:
-            segment, following = self._segments[0], self._segments[1]
-            if segment.next_offset > self._high_watermark or not deletable(segment, following):
-                break
-            base, end, size = segment.base_offset, segment.next_offset, segment.size
+        while True:
+            # The check and the removal under one hold of the lock: the cleaner thread may
+            # swap the first segments in between otherwise.
             with self._lock:
+                if len(self._segments) <= 1:
+                    break
+                segment, following = self._segments[0], self._segments[1]
+                if segment.next_offset > self._high_watermark or \
+                        not deletable(segment, following):
+                    break
+                base, end, size = segment.base_offset, segment.next_offset, segment.size
                 self._segments.pop(0)
                 self._bases.pop(0)
                 segment.delete()
@@ -699,18 +790,82 @@ class PartitionLog:
         self._log_start_offset = offset
         self._high_watermark = max(self._high_watermark, offset)
         self._epoch_cache.truncate_from_start(offset)
+        self._producer_state.on_log_start_advanced(offset)
+
+    # ---- the log cleaner's hooks (storage/cleaner.py, on the cleaner's thread) ----------------
+
+    @property
+    def truncation_count(self) -> int:
+        """Truncations so far: the cleaner notices one between two of its passes."""
+        return self._truncations
+
+    @contextmanager
+    def segments_held(self) -> Iterator[list[Segment]]:
+        """The segment list (a copy) with the log's lock held: until the block ends no
+        segment is closed, deleted, truncated or replaced, so another thread may read through
+        them and open its own descriptors on their files. Keep the block short: reads, rolls
+        and retention wait for it. LogClosedError if the log is closed."""
+        with self._lock:
+            self._check_open()
+            yield list(self._segments)
+
+    def replace_segments(self, old: list[Segment], install: Callable[[], Segment], *,
+                         truncations: int) -> Segment | None:
+        """Swap ``old``, a run of consecutive non-active segments, for the one segment that
+        ``install()`` puts in their place on disk and opens (cleaner.install_swapped_segment),
+        all under the log's lock. Does nothing and returns None if the log changed since the
+        cleaner looked at it: closed, truncated (``truncations`` is the count it saw), or
+        ``old`` no longer such a run (retention deleted some). The old segments leave the
+        list but stay open (a read may have taken them just before) until
+        close_retired_segments or close."""
+        with self._lock:
+            segments = self._segments
+            if self._closed or self._truncations != truncations or not old:
+                return None
+            first = next((i for i, s in enumerate(segments) if s is old[0]), None)
+            if first is None:
+                return None
+            end = first + len(old)
+            if end >= len(segments) or any(a is not b for a, b in zip(segments[first:end], old)):
+                return None
+            new = install()
+            if new.base_offset != old[0].base_offset or \
+                    new.next_offset > segments[end].base_offset:
+                raise AssertionError(f"{self.directory}: cleaned segment {new!r} does not "
+                                     f"fit between {segments[first - 1] if first else None!r} "
+                                     f"and {segments[end]!r}")
+            replaced = segments[:first] + [new] + segments[end:]
+            # New lists, never edited in place: a reader holding the old ones stays consistent.
+            self._segments = replaced
+            self._bases = [s.base_offset for s in replaced]
+            swapped_at = time.monotonic()
+            self._retired.extend((swapped_at, s) for s in old)
+        return new
+
+    def close_retired_segments(self, swapped_before: float) -> int:
+        """Close the segments the cleaner replaced before ``swapped_before``
+        (time.monotonic()); returns how many. Their files are already unlinked."""
+        with self._lock:
+            due = [s for t, s in self._retired if t < swapped_before]
+            self._retired = [(t, s) for t, s in self._retired if t >= swapped_before]
+        for segment in due:
+            segment.close()
+        return len(due)
 
     # ---- closing -----------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Flush everything, trim the active segment's indexes, close the files."""
+        """Snapshot the producer state at the log end, flush everything, trim the active
+        segment's indexes, close the files."""
         if self._closed:
             return
+        self._snapshot_producer_state(self.log_end_offset, durable=True)
         self.flush()
         with self._lock:
             self._closed = True
             for segment in self._segments:
                 segment.close()
+            self._close_retired_locked()
 
     def close_without_flush(self) -> None:
         """Close the files without fsync (the log is about to be deleted)."""
@@ -720,6 +875,12 @@ class PartitionLog:
             self._closed = True
             for segment in self._segments:
                 segment.close()
+            self._close_retired_locked()
+
+    def _close_retired_locked(self) -> None:
+        retired, self._retired = self._retired, []
+        for _, segment in retired:
+            segment.close()
 
     def _check_open(self) -> None:
         if self._closed:
@@ -736,7 +897,9 @@ class PartitionLog:
 
 def _scan_directory(directory: str, logger: logging.Logger) -> list[int]:
     """Base offsets of the segments in ``directory``, sorted; removes leftovers of crashed
-    operations (temporary and deleted files, indexes without a .log)."""
+    operations (temporary and deleted files, indexes without a .log). A log cleaner swap
+    that a crash interrupted is finished or undone first (cleaner.py)."""
+    finish_interrupted_cleaning(directory, logger)
     logs: set[int] = set()
     indexes: dict[int, list[str]] = {}
     for name in os.listdir(directory):

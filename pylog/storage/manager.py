@@ -6,6 +6,7 @@ A data directory holds:
   recovery-point-offset-checkpoint      per partition: offset below which data was fsynced
   replication-offset-checkpoint         per partition: high watermark
   log-start-offset-checkpoint           per partition: log start offset
+  cleaner-offset-checkpoint             per compacted partition: first dirty offset (cleaner.py)
   .clean_shutdown                       present only between a clean close and the next open
   .lock                                 flock()ed while a LogManager has the directory open
 
@@ -30,7 +31,10 @@ Only one process may use a data directory at a time: the manager holds an exclus
 started on the same directory fails with DataDirectoryLockedError instead of corrupting it.
 
 Threads: like PartitionLog, every method is for the owner thread (the event loop), except
-that the Flusher thread flushes logs and runs background checkpoint writes.
+that the Flusher thread flushes logs and runs background checkpoint writes, and the log
+cleaner's thread (``start_cleaner``; cleaner.py) compacts logs whose cleanup.policy contains
+"compact" and swaps their cleaned segments in under each log's lock. ``delete`` stops a
+cleaning of that log first; ``close`` stops the cleaner before it closes the logs.
 """
 from __future__ import annotations
 
@@ -43,6 +47,7 @@ import uuid
 from concurrent.futures import Future
 from typing import Callable, Iterator
 
+from pylog.storage.cleaner import CleanerConfig, CleanResult, LogCleaner
 from pylog.storage.checkpoint import (CorruptCheckpointError, atomic_write, fsync_directory,
                                       read_offset_checkpoint, write_offset_checkpoint)
 from pylog.storage.config import FsyncPolicy, LogConfig, parse_fsync_policy
@@ -98,9 +103,12 @@ class LogManager:
     def __init__(self, data_dir: str, *, cluster_id: str, node_id: int,
                  default_config: LogConfig | None = None, fsync: FsyncPolicy | None = None,
                  config_for: Callable[[str], LogConfig] | None = None,
-                 logger: logging.Logger | None = None, clock: Callable[[], int] | None = None):
+                 logger: logging.Logger | None = None, clock: Callable[[], int] | None = None,
+                 cleaner_config: CleanerConfig | None = None):
         """``config_for(topic)`` gives the config of a topic found on disk (default:
-        ``default_config``); ``clock`` is wall-clock ms for the logs (tests)."""
+        ``default_config``); ``clock`` is wall-clock ms for the logs and the log cleaner
+        (tests); ``cleaner_config``: the log cleaner's settings (its thread starts only with
+        ``start_cleaner``)."""
         self.data_dir = os.path.abspath(data_dir)
         self.logger = logger or _default_logger
         self._lock_fd = _lock_directory(self.data_dir)
@@ -120,6 +128,9 @@ class LogManager:
         self.flusher = Flusher(logger=self.logger)
         try:
             self._load()
+            # Compaction of cleanup.policy=compact logs, on its own thread (cleaner.py).
+            self.cleaner = LogCleaner(self.data_dir, self.items, config=cleaner_config,
+                                      clock=clock, logger=self.logger)
         except BaseException:
             for log in self._logs.values():
                 log.close_without_flush()
@@ -221,6 +232,7 @@ class LogManager:
                                 flush_requester=self.flusher.request_flush)
         if created:
             fsync_directory(self.data_dir)
+            self.cleaner.forget((topic, partition))  # an entry left by a deleted namesake
         self._logs[(topic, partition)] = log
         self.flusher.register(log)
         return log
@@ -232,6 +244,8 @@ class LogManager:
         if log is None:
             return False
         self.flusher.forget(log)
+        self.cleaner.abort_and_wait(log)  # a pass over it stops between two batches
+        self.cleaner.forget((topic, partition))
         log.close_without_flush()
         doomed = f"{log.directory}.{uuid.uuid4().hex}-delete"
         os.rename(log.directory, doomed)
@@ -270,6 +284,25 @@ class LogManager:
         self._check_open()
         return sum(log.delete_old_segments(now_ms) for log in self._logs.values())
 
+    def start_cleaner(self) -> bool:
+        """Start the log cleaner's thread (a pass every log.cleaner.backoff.ms) unless
+        log.cleaner.enable is false; True if it runs."""
+        self._check_open()
+        if not self.cleaner.config.enable:
+            return False
+        self.cleaner.start()
+        return True
+
+    def stop_cleaner(self) -> None:
+        """Stop the log cleaner's thread (a pass in progress stops between two batches)."""
+        self.cleaner.stop()
+
+    def run_cleaner_once(self, now_ms: int | None = None) -> list[CleanResult]:
+        """One cleaner pass over every compacted log that is due, on the calling thread
+        (tests, tools); it waits for a pass of the cleaner's thread in progress."""
+        self._check_open()
+        return self.cleaner.run_once(now_ms)
+
     def flush_all(self) -> Future:
         """Ask the Flusher to flush every log to its end; one future for all of them."""
         self._check_open()
@@ -286,6 +319,7 @@ class LogManager:
             return
         self._closed = True
         try:
+            self.cleaner.stop()  # before the logs close: a pass stops between two batches
             self.flusher.close()
             failure = None
             for log in self._logs.values():

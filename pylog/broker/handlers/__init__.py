@@ -2,8 +2,8 @@
 
 ``build_handlers(broker)`` gives ``{api key: Handler}`` for every api this issue serves; the
 ApiVersions answer advertises exactly those keys (``pylog.protocol.versions.advertised``), so
-an api is advertised if and only if it has a handler. The consumer-group apis come with the
-group coordinator (next issue).
+an api is advertised if and only if it has a handler. The consumer-group apis (``groups``)
+serve the broker's group coordinator.
 """
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from pylog.broker.handlers.api_versions import ApiVersionsHandler
 from pylog.broker.handlers.base import BrokerContext, CloseConnection, Handler, Response
 from pylog.broker.handlers.fetch import FetchHandler
 from pylog.broker.handlers.find_coordinator import FindCoordinatorHandler
+from pylog.broker.handlers.groups import GROUP_HANDLERS
 from pylog.broker.handlers.init_producer_id import InitProducerIdHandler
 from pylog.broker.handlers.list_offsets import ListOffsetsHandler
 from pylog.broker.handlers.metadata import MetadataHandler
@@ -25,6 +26,7 @@ __all__ = ["HANDLER_CLASSES", "BrokerContext", "CloseConnection", "Handler", "Re
 HANDLER_CLASSES: tuple[type[Handler], ...] = (
     ApiVersionsHandler, MetadataHandler, ProduceHandler, FetchHandler, ListOffsetsHandler,
     CreateTopicsHandler, DeleteTopicsHandler, InitProducerIdHandler, FindCoordinatorHandler,
+    *GROUP_HANDLERS,
 )
 
 

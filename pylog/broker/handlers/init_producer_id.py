@@ -3,8 +3,11 @@
 kafka-python 3 is idempotent by default and every client's idempotent mode starts here
 (KAFKA-PROTOCOL.md §4). Ids come from the persisted allocator (pylog.broker.producer_ids),
 which never hands out an id twice for the life of the data directory, restarts included;
-the epoch of a new id is 0. Sequence numbers are not checked yet (a minimal broker may skip
-them; every idempotent client worked), so a producer id is only a promise of uniqueness.
+the epoch of a new id is 0. v0-v1 carry no producer id or epoch in the request (KIP-360's
+epoch bump is v3+), so every call is a new producer id at epoch 0; a client that must start
+over (e.g. after UNKNOWN_PRODUCER_ID or OUT_OF_ORDER_SEQUENCE_NUMBER) gets a fresh id. Each
+partition checks the epochs and sequence numbers of the batches written under that id
+(pylog.storage.producer_state), so a retried batch is written once.
 
 Transactions are out of scope (DESIGN §10). A request with a transactional id is answered
 INVALID_REQUEST (42): the request is well-formed but this broker cannot serve it. Kafka has no

@@ -6,7 +6,8 @@ stamps baseOffset and the leader epoch in place and appends those very bytes.
 
 Before anything is appended the handler checks what Kafka checks at the door:
   - acks must be -1, 0 or 1, else INVALID_REQUIRED_ACKS (21) for every partition;
-  - a topic name must be legal, else INVALID_TOPIC_EXCEPTION (17);
+  - a topic name must be legal, else INVALID_TOPIC_EXCEPTION (17); so must a topic that is
+    not internal (``__consumer_offsets`` is written by the group coordinator only);
   - records must not be null (CORRUPT_MESSAGE, 2: there is no batch to store);
   - an unknown topic is auto-created when ``auto.create.topics.enable`` is on (then written
     to like any other), else UNKNOWN_TOPIC_OR_PARTITION (3).
@@ -32,6 +33,7 @@ from pylog.storage.names import InvalidTopicError, validate_topic_name
 
 from pylog.broker.handlers.base import (CloseConnection, Handler, Response, as_error_code,
                                         build, nested, response_type, topic_error_code)
+from pylog.broker.handlers.metadata import INTERNAL_TOPICS
 
 log = logging.getLogger("pylog.broker.handlers.produce")
 
@@ -112,6 +114,9 @@ class ProduceHandler(Handler):
             validate_topic_name(name)
         except InvalidTopicError as exc:
             return _Outcome(ErrorCode.INVALID_TOPIC_EXCEPTION, str(exc))
+        if name in INTERNAL_TOPICS:  # written by the broker only (Kafka's answer too)
+            return _Outcome(ErrorCode.INVALID_TOPIC_EXCEPTION,
+                            f"cannot append to internal topic {name}")
         controller = self.broker.controller
         if name in controller.metadata.topics:
             return None
