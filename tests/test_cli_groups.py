@@ -1,22 +1,32 @@
-"""`pylog consume --group`, `pylog group list|describe|delete` against a real broker process
-(Tansu too with PYLOG_TEST_TANSU=1): consuming as a group commits exactly what was printed and
-a second run goes on from there; describe shows members, partitions, committed offsets, end
-offsets and lag; a SIGTERMed member commits and leaves; delete refuses a group with members."""
+"""`pylog consume --group`, `pylog group list|describe|delete` against `pylog serve`:
+consuming as a group commits exactly what was printed and a second run goes on from there;
+describe shows members, partitions, committed offsets, end offsets and lag; a SIGTERMed member
+commits and leaves; delete refuses a group with members. (Not run against Tansu: it cannot
+list a group's offsets — its OffsetFetch answer for all topics does not parse — and it
+answers DeleteGroups for an unknown group with success.)"""
 import itertools
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
 from click.testing import CliRunner
 
-from client_support import broker  # noqa: F401 - fixture
+from broker_fixture import BrokerFactory
 from pylog.cli import main
 
 _names = itertools.count()
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory, request):
+    factory = BrokerFactory(tmp_path_factory.mktemp("cli-groups"))
+    yield factory.start()
+    factory.cleanup(failed=request.session.testsfailed > 0)
 
 
 def unique(prefix):
@@ -93,6 +103,9 @@ def test_a_running_member_is_described_and_a_sigterm_commits_and_leaves(broker):
          "--from-beginning", "-f", "%o\\n", "-b", broker.bootstrap,
          "-X", "session_timeout_ms=3000", "-X", "auto_commit_interval_ms=60000"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    lines = []
+    reader = threading.Thread(target=lambda: lines.extend(child.stdout), daemon=True)
+    reader.start()
     try:
         def stable():
             result = pylog("group", "describe", group, "--json", "-b", broker.bootstrap)
@@ -111,15 +124,18 @@ def test_a_running_member_is_described_and_a_sigterm_commits_and_leaves(broker):
         assert table[2].split() == ["MEMBER", "CLIENT-ID", "HOST", "PARTITIONS"]
         assert table[3].split()[0] == member["member_id"]
         assert table[3].endswith(f"{topic}:0,1")
+        wait_until(lambda: len(lines) == 40, what="the member printing every record")
         # The long auto-commit interval leaves the commit to the clean exit on SIGTERM.
         os.kill(child.pid, signal.SIGTERM)
-        out, err = child.communicate(timeout=20)
+        child.wait(20)
+        reader.join(10)
+        err = child.stderr.read()
     finally:
         if child.poll() is None:
             os.kill(child.pid, signal.SIGKILL)
             child.wait(10)
     assert child.returncode == 0, err
-    assert len(out.split()) == 40 and b"consumed 40 records" in err
+    assert len(lines) == 40 and b"consumed 40 records" in err
     info = describe_json(broker, group)
     assert info["state"] == "Empty" and info["members"] == []
     assert [(r["committed"], r["lag"]) for r in info["partitions"]] == \
@@ -146,3 +162,10 @@ def test_deleting_an_unknown_group_is_one_line_and_status_1(broker):
     assert result.exit_code == 1
     assert result.stderr.startswith("pylog: cannot delete group nope-") and \
         result.stderr.count("\n") == 1
+
+
+def test_consuming_an_unknown_topic_with_a_group_is_one_line_and_status_1(broker):
+    result = pylog("consume", unique("missing"), "--group", "g", "-b", broker.bootstrap,
+                   "-X", "request_timeout_ms=600000")  # it must not wait for the topic
+    assert result.exit_code == 1
+    assert result.stderr.startswith("pylog: UNKNOWN_TOPIC_OR_PARTITION: topic 'missing-")

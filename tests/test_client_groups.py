@@ -10,7 +10,6 @@ import collections
 import dataclasses
 import itertools
 import os
-import random
 import signal
 import subprocess
 import sys
@@ -392,9 +391,7 @@ def test_a_killed_member_is_taken_over_from_its_committed_offsets(broker):
                                          for q in child_partitions),
                              what="the child consuming its partitions after the rebalance")
             child.kill()
-            killed_at = time.monotonic()
             await wait_until(lambda: len(b.assignment()) == 6, timeout=15, what="take-over")
-            took_over_after = time.monotonic() - killed_at
             stop_producing.set()
             await producing
             ends = {(topic, p): written[p] for p in range(6)}
@@ -408,7 +405,6 @@ def test_a_killed_member_is_taken_over_from_its_committed_offsets(broker):
             child.kill()
             stop_producing.set()
             await producing
-        assert took_over_after < 10
         duplicates = 0
         for p in child_partitions:
             end = ends[(topic, p)]
@@ -524,6 +520,7 @@ def test_listener_commits_on_revoke_and_a_seek_on_assign_wins(broker):
         consumer.subscribe([topic])
         got = await consumer.getmany(timeout_ms=5000, max_records=10)
         assert [r.offset for r in got[tp]] == list(range(10))
+        await produce(broker.bootstrap, topic, 40, partitions=1, start=10)  # 10..49
         # Another member joins: the first is revoked (and commits 10 in the callback).
         other = AsyncConsumer(broker.bootstrap, group_id=group, **FAST)
         await other.start()
@@ -536,7 +533,6 @@ def test_listener_commits_on_revoke_and_a_seek_on_assign_wins(broker):
                          what="the new generation")
         async with AsyncAdmin(broker.bootstrap) as admin:
             assert (await admin.list_group_offsets(group, [tp]))[tp].offset == 10
-        await produce(broker.bootstrap, topic, 40, partitions=1, start=10)
         if other.assignment():
             await wait_until(lambda: co.offsets(0), what="the new owner reading")
             assert co.offsets(0)[0] == 10, "the new owner starts at the committed offset"
@@ -566,10 +562,11 @@ def _offset_commit_error(version, body, code):
     from kio.index import load_response_schema
 
     from pylog.client.messages import build
-    return build(load_response_schema(ApiKey.OFFSET_COMMIT, version), {"throttle_time": 0, "topics": [
-        {"name": t.name, "partitions": [{"partition_index": p.partition_index,
-                                         "error_code": code} for p in t.partitions]}
-        for t in body.topics]})
+    topics = [{"name": t.name, "partitions": [{"partition_index": p.partition_index,
+                                               "error_code": code} for p in t.partitions]}
+              for t in body.topics]
+    return build(load_response_schema(ApiKey.OFFSET_COMMIT, version),
+                 {"throttle_time": 0, "topics": topics})
 
 
 def test_not_coordinator_makes_the_consumer_find_the_coordinator_again(broker):
@@ -674,3 +671,34 @@ def test_blocking_consumer_in_a_group_with_callbacks_that_commit(broker):
         consumer.unsubscribe()
     assert calls[0][0] == "assigned" and calls[-1] == ("revoked", calls[0][1])
     assert len(set(values)) == 25 and set(values) <= {b"%d" % i for i in range(40)}
+
+
+def test_closing_while_a_join_is_held_by_the_coordinator_is_prompt(broker):
+    """The coordinator holds a JoinGroup until every member re-joined; a member closed
+    meanwhile leaves on a fresh connection instead of queueing its LeaveGroup behind it.
+    (The second member talks through a proxy that, like Kafka, handles one request of a
+    connection at a time.)"""
+    topic = new_topic(broker, partitions=2)
+    group = unique("g")
+
+    async def scenario():
+        async with AsyncConsumer(broker.bootstrap, group_id=group, **FAST) as first:
+            first.subscribe([topic])
+            await wait_until(polled(first, lambda: len(first.assignment()) == 2),
+                             what="the first member")
+            # The first member stops polling: it heartbeats but does not re-join for now.
+            async with _proxy_rewriting_coordinator(broker) as proxy:
+                second = AsyncConsumer(proxy.bootstrap, group_id=group, **FAST)
+                await second.start()
+                second.subscribe([topic])
+                assert await second.getmany(timeout_ms=500) == {}  # its JoinGroup is held
+                assert second._group.state == "joining"
+                await second.close()
+                # Sent on a fresh connection, the LeaveGroup reached the coordinator; behind
+                # the held JoinGroup it would still wait (close gives up after 5 s).
+                assert proxy.counts[ApiKey.LEAVE_GROUP] == 1
+            await wait_until(polled(first, lambda: len(first.assignment()) == 2
+                                    and first._group.state == "stable"
+                                    and not first._group.rejoin_needed),
+                             what="the first member keeping both partitions")
+    run(scenario())

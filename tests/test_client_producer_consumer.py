@@ -379,14 +379,16 @@ def test_not_leader_is_retried_after_a_metadata_refresh_in_order(broker):
 
 
 def test_retries_with_a_pipeline_deliver_each_record_once(broker):
-    """max_in_flight=5: batches sent after a failed one may be written first (no idempotence
-    yet), but every record is written exactly once and its future has its offset."""
+    """max_in_flight=5 without idempotence: batches sent after a failed one may be written
+    first, but every record is written exactly once and its future has its offset. (With
+    idempotence, the default, order holds too: tests/test_client_idempotence.py.)"""
     topic = new_topic(broker, partitions=2)
 
     async def scenario():
         async with KafkaProxy(broker.host, broker.port,
                               intercept=_inject_not_leader_into({2, 3})) as proxy:
-            return await _produce_through(proxy, topic, 1000, max_in_flight=5)
+            return await _produce_through(proxy, topic, 1000, max_in_flight=5,
+                                          enable_idempotence=False)
     results = run(scenario())
     records = run(consume_all(broker.bootstrap, topic, 1000))
     assert sorted(r.value for r in records) == [b"%04d" % i for i in range(1000)]

@@ -59,8 +59,9 @@ class AsyncWire:
 
 def with_broker(tmp_path, scenario, **config):
     async def run():
+        config.setdefault("offsets_topic_num_partitions", 4)
         broker = Broker(BrokerConfig(data_dir=str(tmp_path / "data"), port=0, control_port=0,
-                                     offsets_topic_num_partitions=4, **config))
+                                     **config))
         await broker.start()
         wires: list[AsyncWire] = []
 
@@ -243,6 +244,18 @@ def test_join_group_refusals(tmp_path):
         ghost = await wire.call(JOIN, 3, join_request(3, "g", "ghost"))
         assert ghost.error_code == ErrorCode.UNKNOWN_MEMBER_ID and ghost.member_id == "ghost"
     with_broker(tmp_path, scenario)
+
+
+def test_broker_settings_reach_the_coordinator(tmp_path):
+    async def scenario(broker, connect):
+        wire = await connect()
+        for session, code in ((1999, ErrorCode.INVALID_SESSION_TIMEOUT), (2000, 0),
+                              (5000, 0), (5001, ErrorCode.INVALID_SESSION_TIMEOUT)):
+            answer = await wire.call(JOIN, 2, join_request(2, f"g-{session}", session=session))
+            assert answer.error_code == code, session
+        assert len(broker.controller.metadata.topics[OFFSETS_TOPIC].partitions) == 2
+    with_broker(tmp_path, scenario, group_min_session_timeout_ms=2000,
+                group_max_session_timeout_ms=5000, offsets_topic_num_partitions=2)
 
 
 # ---- OffsetCommit / OffsetFetch --------------------------------------------------------------

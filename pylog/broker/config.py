@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import os
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -37,6 +38,16 @@ __all__ = ["BrokerConfig", "BrokerConfigError", "load_properties", "parse_proper
 _INT32_MAX = 2**31 - 1
 _HOUR_MS = 3600 * 1000
 _MINUTE_MS = 60 * 1000
+
+
+#: fetch.send.mode values; DEFAULT_FETCH_SEND_MODE won the measurement in bench/README.md.
+FETCH_SEND_MODES = ("copy", "sendfile")
+DEFAULT_FETCH_SEND_MODE = "copy"
+FETCH_SEND_MODE_ENV = "PYLOG_FETCH_SEND_MODE"
+
+
+def _default_fetch_send_mode() -> str:
+    return os.environ.get(FETCH_SEND_MODE_ENV) or DEFAULT_FETCH_SEND_MODE
 
 
 class BrokerConfigError(ValueError):
@@ -132,6 +143,12 @@ class BrokerConfig:
     which the broker stops reading it (the client is not reading its responses)."""
     shutdown_timeout_ms: int = 10_000
     """shutdown.timeout.ms (pylog): how long a clean stop lets in-flight requests finish."""
+    fetch_send_mode: str = dataclasses.field(default_factory=lambda: _default_fetch_send_mode())
+    """fetch.send.mode (pylog): how Fetch ships log bytes: ``copy`` (pread into bytes, written
+    by the transport) or ``sendfile`` (os.sendfile from the segment file to the socket; a
+    transport that cannot, e.g. TLS, falls back to copying). The default is the faster on
+    loopback (bench/README.md "Fetch: copy vs sendfile"); the environment variable
+    PYLOG_FETCH_SEND_MODE overrides the default (tests run the suite in both modes)."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.data_dir, str) or not self.data_dir:
@@ -178,6 +195,9 @@ class BrokerConfig:
         _check_range("connection.write.buffer.bytes", self.connection_write_buffer_bytes,
                      1024, _INT32_MAX)
         _check_range("shutdown.timeout.ms", self.shutdown_timeout_ms, 0, 24 * _HOUR_MS)
+        if self.fetch_send_mode not in FETCH_SEND_MODES:
+            raise BrokerConfigError("fetch.send.mode", f"{self.fetch_send_mode!r} is not one "
+                                    f"of {', '.join(FETCH_SEND_MODES)}")
         if self.fsync is not None:
             try:
                 object.__setattr__(self, "fsync", parse_fsync_policy(self.fsync))
@@ -438,6 +458,7 @@ _SETTERS: dict[str, Setter] = {
     "connection.max.inflight.requests": _field("max_inflight_requests_per_connection", _int),
     "connection.write.buffer.bytes": _field("connection_write_buffer_bytes", _int),
     "shutdown.timeout.ms": _field("shutdown_timeout_ms", _int),
+    "fetch.send.mode": _field("fetch_send_mode", str),
 }
 
 #: Every key a properties file or ``--set`` may use.

@@ -34,11 +34,20 @@ so, else the connection is closed. Nothing that happens on one connection reache
 When the connection is lost, its running handlers are cancelled and its slots dropped.
 
 Writing. A response is either one bytes object or, for Fetch, a list of buffers with the log's
-bytes in it; ``write_buffers`` hands the list to the transport without joining it.
+bytes in it; ``write_buffers`` hands the list to the transport without joining it. With
+``fetch.send.mode=sendfile`` the list holds FileRegions (pylog.broker.file_region) in place of
+log bytes: ``write_buffers`` writes the parts before the first region and returns the rest,
+which a task (``_sending``) sends with ``loop.sendfile`` (it waits for the transport's buffer
+to drain, then os.sendfile from the segment file to the socket; transports that cannot, e.g.
+TLS, get the file's bytes copied by asyncio's fallback). While that task runs nothing else is
+written, so responses stay in request order; a region whose file gives fewer bytes than the
+response announced (its segment was truncated) closes the connection instead of corrupting
+the stream.
 """
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 import sys
 import time
@@ -50,6 +59,7 @@ from pylog.protocol.errors import (ErrorCode, FrameError, MalformedRequestError,
 from pylog.protocol.framing import FrameDecoder
 from pylog.protocol.header import read_request_prefix
 
+from pylog.broker.file_region import FileRegion
 from pylog.broker.handlers.base import CloseConnection, Handler
 
 if TYPE_CHECKING:
@@ -80,19 +90,70 @@ class _Slot:
         self.error = False
 
 
-def write_buffers(transport: asyncio.WriteTransport, buffers: list) -> None:
-    """Write a list of buffers without joining them into one new bytes object.
+def write_buffers(transport: asyncio.WriteTransport, buffers: list) -> list:
+    """Write a list of buffers without joining them into one new bytes object; the parts from
+    the first FileRegion on are not written but returned, for ``send_parts`` (else []).
 
     uvloop's and Python 3.12+'s selector transports implement ``writelines`` as scatter-gather
     (the buffers are queued as they are, and sent with sendmsg). Python 3.11's base
     ``writelines`` joins them first, so there each buffer is written on its own: the transport
     sends it directly while the socket takes it, and copies only what the socket did not take.
     """
+    for i, part in enumerate(buffers):
+        if type(part) is FileRegion:
+            _write_list(transport, buffers[:i])
+            return buffers[i:]
+    _write_list(transport, buffers)
+    return []
+
+
+def _write_list(transport: asyncio.WriteTransport, buffers: list) -> None:
     if _SCATTER_WRITELINES or not _is_stdlib_transport(transport):
         transport.writelines(buffers)
         return
     for buffer in buffers:
         transport.write(buffer)
+
+
+async def send_parts(transport: asyncio.WriteTransport, parts: list) -> None:
+    """Send ``parts`` (FileRegions and buffers) in order, closing every region, sent or not.
+    ConnectionError if a region's file gives fewer bytes than its length."""
+    loop = asyncio.get_running_loop()
+    try:
+        start = 0
+        while start < len(parts):
+            part = parts[start]
+            if type(part) is FileRegion:
+                await _send_region(loop, transport, part)
+                part.close()
+                start += 1
+                continue
+            end = start
+            while end < len(parts) and type(parts[end]) is not FileRegion:
+                end += 1
+            _write_list(transport, parts[start:end])
+            start = end
+    finally:
+        for part in parts:
+            if type(part) is FileRegion:
+                part.close()
+
+
+async def _send_region(loop: asyncio.AbstractEventLoop, transport: asyncio.WriteTransport,
+                       region: FileRegion) -> None:
+    if transport.is_closing():
+        raise ConnectionError("connection closed before a file region was sent")
+    # loop.sendfile seeks the file when done: the descriptor shares its offset with the
+    # segment's, which reads and writes only at explicit positions (pread/pwrite).
+    with io.FileIO(region.fd, "rb", closefd=False) as file:
+        try:
+            sent = await loop.sendfile(transport, file, region.position, region.length)
+        except NotImplementedError:  # a loop without sendfile (uvloop): copy
+            transport.write(region.read())
+            return
+    if sent != region.length:
+        raise ConnectionError(f"file region gave {sent} of {region.length} bytes "
+                              "(segment truncated)")
 
 
 def _is_stdlib_transport(transport: Any) -> bool:
@@ -127,14 +188,18 @@ class KafkaConnection(asyncio.BufferedProtocol):
         self._taking = False
         # Set once the connection is closing or lost: nothing is read, handled or written.
         self._closed = False
+        # The task sending a response's file regions (send_parts), or None. Invariant: while
+        # set, _flush writes nothing (the task calls it when done); the task is in _tasks.
+        self._sending: asyncio.Task | None = None
         self._scratch: bytearray | None = None
 
     # ---- introspection (tests, metrics) -------------------------------------------------
 
     @property
     def inflight(self) -> int:
-        """Requests taken and not yet answered (handlers running + responses queued)."""
-        return self._inflight
+        """Requests taken and not yet answered (handlers running + responses queued, + 1
+        while a response's file regions are being sent)."""
+        return self._inflight + (self._sending is not None)
 
     @property
     def reading_paused(self) -> bool:
@@ -351,19 +416,48 @@ class KafkaConnection(asyncio.BufferedProtocol):
         pending = self._pending
         metrics = self._metrics
         now = time.perf_counter()
-        while pending and pending[0].done:
+        while self._sending is None and pending and pending[0].done:
             slot = pending.popleft()
             self._inflight -= 1
             payload = slot.payload
             if type(payload) is bytes:
                 transport.write(payload)
             else:
-                write_buffers(transport, payload)
+                rest = write_buffers(transport, payload)
+                if rest:
+                    self._start_sending(rest)
             if metrics is not None:
                 metrics.observe_request(slot.api_key, slot.api_version, now - slot.started,
                                         slot.error)
         if not self._taking:
             self._take_frames()
+
+    def _start_sending(self, parts: list) -> None:
+        task = asyncio.get_running_loop().create_task(self._send_rest(parts))
+        self._sending = task
+        self._tasks.add(task)
+
+    async def _send_rest(self, parts: list) -> None:
+        """Send the file regions of one response, then write what queued up behind it."""
+        try:
+            await send_parts(self._transport, parts)
+        except (ConnectionError, OSError, RuntimeError) as exc:
+            self._abort(f"sending a fetch response failed: {exc}")
+            return
+        finally:
+            self._tasks.discard(self._sending)
+            self._sending = None
+        if self._closed:
+            return
+        # loop.sendfile pauses the transport's reading and restores what it found: this
+        # protocol may have (un)paused in between, so state its own wish again.
+        transport = self._transport
+        if self._reading_paused == transport.is_reading():
+            if self._reading_paused:
+                transport.pause_reading()
+            else:
+                transport.resume_reading()
+        self._flush()
 
     # ---- closing ------------------------------------------------------------------------
 

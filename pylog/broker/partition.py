@@ -356,12 +356,13 @@ class Partition:
         return ErrorCode.NONE
 
     def read_records(self, fetch_offset: int, max_bytes: int, *, from_follower: bool,
-                     min_one_batch: bool) -> ReadResult:
+                     min_one_batch: bool, with_data: bool = True) -> ReadResult:
         """Whole batches from ``fetch_offset``: below the HW for consumers, below the LEO for
-        followers. OffsetOutOfRangeError outside [log start, LEO]."""
+        followers. OffsetOutOfRangeError outside [log start, LEO]. ``with_data=False``
+        locates them only (segment, position, length: the sendfile path)."""
         return self.log.read(fetch_offset, max(0, max_bytes),
                              max_offset=None if from_follower else self.log.high_watermark,
-                             min_one_batch=min_one_batch)
+                             min_one_batch=min_one_batch, with_data=with_data)
 
     def fetchable_bytes(self, fetch_offset: int, max_bytes: int, *,
                         from_follower: bool) -> int:

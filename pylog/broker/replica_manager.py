@@ -45,6 +45,7 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass
 
+from pylog.broker.file_region import FileRegion
 from pylog.broker.partition import IsrChange, Partition, PartitionError
 from pylog.broker.purgatory import DelayedOperation, Purgatory
 from pylog.controller.metadata import (ClusterMetadata, InvalidTopicError, MetadataError,
@@ -104,7 +105,9 @@ class FetchPartitionResult:
     high_watermark: int = -1
     last_stable_offset: int = -1
     log_start_offset: int = -1
-    records: bytes | memoryview = b""
+    records: "bytes | memoryview | FileRegion" = b""
+    """The log's bytes, or (``fetch(..., zero_copy=True)``) a FileRegion the caller owns
+    and must close (or send, which closes it)."""
     preferred_read_replica: int = -1
 
 
@@ -439,15 +442,18 @@ class ReplicaManager:
     # ---- fetch ---------------------------------------------------------------------------
 
     async def fetch(self, replica_id: int, max_wait_ms: int, min_bytes: int, max_bytes: int,
-                    isolation_level: int, requests: list[FetchPartitionRequest]
-                    ) -> list[FetchPartitionResult]:
+                    isolation_level: int, requests: list[FetchPartitionRequest], *,
+                    zero_copy: bool = False) -> list[FetchPartitionResult]:
         """Read each requested partition (module doc); long-polls up to ``max_wait_ms`` for
         ``min_bytes``. Results in request order. ``isolation_level`` changes nothing while
-        there are no transactions (last stable offset = HW)."""
-        results, total, has_error = self._read_all(replica_id, max_bytes, requests)
+        there are no transactions (last stable offset = HW). ``zero_copy``: records are
+        FileRegions (fetch.send.mode=sendfile), owned by the caller."""
+        results, total, has_error = self._read_all(replica_id, max_bytes, requests, zero_copy)
         if (has_error or total >= min_bytes or max_wait_ms <= 0 or not requests
                 or self._closed):
             return results
+        if zero_copy:  # this read is dropped; the one after the wait is answered
+            _close_regions(results)
         keys = [(r.topic, r.partition) for r in requests]
         seen = [(p, p.leader_epoch) for p in map(self._partitions.__getitem__, keys)]
         op = DelayedFetch(self, replica_id, min_bytes, requests, seen)
@@ -458,11 +464,11 @@ class ReplicaManager:
             except asyncio.CancelledError:
                 self._purgatory.cancel(op)
                 raise
-        results, _, _ = self._read_all(replica_id, max_bytes, requests)
+        results, _, _ = self._read_all(replica_id, max_bytes, requests, zero_copy)
         return results
 
     def _read_all(self, replica_id: int, max_bytes: int,
-                  requests: list[FetchPartitionRequest]
+                  requests: list[FetchPartitionRequest], zero_copy: bool = False
                   ) -> tuple[list[FetchPartitionResult], int, bool]:
         """(results, bytes read, whether any partition had an error)."""
         from_follower = replica_id >= 0
@@ -473,7 +479,7 @@ class ReplicaManager:
         has_error = False
         for request in requests:
             result = self._read_one(request, replica_id, from_follower, now_ms,
-                                    remaining, total == 0)
+                                    remaining, total == 0, zero_copy)
             if result.error_code:
                 has_error = True
             elif result.records:
@@ -483,7 +489,8 @@ class ReplicaManager:
         return results, total, has_error
 
     def _read_one(self, request: FetchPartitionRequest, replica_id: int, from_follower: bool,
-                  now_ms: float, remaining: int, first: bool) -> FetchPartitionResult:
+                  now_ms: float, remaining: int, first: bool,
+                  zero_copy: bool = False) -> FetchPartitionResult:
         topic, index = request.topic, request.partition
         partition = self._partitions.get((topic, index))
         if partition is None:
@@ -501,7 +508,17 @@ class ReplicaManager:
                     self._purgatory.check((topic, index))
             read = partition.read_records(
                 request.fetch_offset, min(request.partition_max_bytes, remaining),
-                from_follower=from_follower, min_one_batch=first)
+                from_follower=from_follower, min_one_batch=first, with_data=not zero_copy)
+            records = read.data or b""
+            if zero_copy and read.length:
+                try:
+                    records = FileRegion.of_segment(read.segment, read.position, read.length)
+                except (ValueError, OSError):  # the segment was closed since (retention),
+                    # or no descriptor is left (EMFILE): read again, copying
+                    read = partition.read_records(
+                        request.fetch_offset, min(request.partition_max_bytes, remaining),
+                        from_follower=from_follower, min_one_batch=first)
+                    records = read.data or b""
         except OffsetOutOfRangeError:
             return FetchPartitionResult(topic, index, ErrorCode.OFFSET_OUT_OF_RANGE)
         except PartitionError as e:
@@ -518,7 +535,7 @@ class ReplicaManager:
             return FetchPartitionResult(topic, index, ErrorCode.KAFKA_STORAGE_ERROR)
         hw = partition.high_watermark
         return FetchPartitionResult(topic, index, ErrorCode.NONE, hw, hw,
-                                    partition.log_start_offset, read.data or b"")
+                                    partition.log_start_offset, records)
 
     # ---- list offsets --------------------------------------------------------------------
 
@@ -697,6 +714,12 @@ class ReplicaManager:
 
 
 # ---- the topic id of a partition directory --------------------------------------------------
+
+def _close_regions(results: list[FetchPartitionResult]) -> None:
+    for result in results:
+        if isinstance(result.records, FileRegion):
+            result.records.close()
+
 
 def read_partition_topic_id(directory: str) -> uuid.UUID | None:
     """The topic id recorded in ``directory``/partition.metadata; None if absent or

@@ -27,10 +27,12 @@ from pylog.client.errors import (
     KafkaTimeoutError,
     LocalError,
     NoOffsetForPartitionError,
+    OutOfOrderSequenceError,
     ProtocolViolationError,
     RebalanceInProgressError,
     RecordTooLargeError,
     RemoteError,
+    UnknownProducerIdError,
     UnsupportedVersionError,
 )
 from pylog.client.membership import ConsumerRebalanceListener
@@ -42,8 +44,9 @@ __all__ = [
     "CommitFailedError", "Consumer", "ConsumerRebalanceListener", "ConsumerRecord",
     "CorruptRecordError", "KafkaConnectionError", "KafkaError", "KafkaTimeoutError",
     "LocalError", "NewTopic", "NoOffsetForPartitionError", "OffsetAndMetadata",
-    "OffsetAndTimestamp", "PartitionDescription", "ProtocolViolationError", "Producer",
+    "OffsetAndTimestamp", "OutOfOrderSequenceError", "PartitionDescription",
+    "ProtocolViolationError", "Producer",
     "RangeAssignor", "RebalanceInProgressError", "RecordMetadata", "RecordTooLargeError",
     "RemoteError", "RoundRobinAssignor", "TopicDescription", "TopicPartition",
-    "UnsupportedVersionError", "murmur2", "murmur2_partition", "xxhash_partition",
+    "UnknownProducerIdError", "UnsupportedVersionError", "murmur2", "murmur2_partition", "xxhash_partition",
 ]

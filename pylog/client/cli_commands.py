@@ -383,7 +383,7 @@ async def _consume_group(topic, bootstrap, group_id, start, max_messages, timeou
     try:
         async with AsyncConsumer(bootstrap, group_id=group_id,
                                  auto_offset_reset=start, **config) as consumer:
-            await consumer.cluster.topic(topic)  # an unknown topic is an error, not a wait
+            await _existing_topic(consumer, topic)
             consumer.subscribe([topic])
             try:
                 await _print_until_done(consumer, max_messages, timeout_ms, formatter, out,
@@ -403,6 +403,16 @@ async def _consume_group(topic, bootstrap, group_id, start, max_messages, timeou
     return count.value
 
 
+async def _existing_topic(consumer, topic: str):
+    """The topic's metadata; an unknown topic is an error at once, not a wait."""
+    from pylog.client.errors import remote_error
+
+    metadata = await consumer.cluster.topic(topic, must_exist=False)
+    if metadata.error_code:
+        raise remote_error(metadata.error_code, f"topic {topic!r}")
+    return metadata
+
+
 async def _consume(topic, bootstrap, start, partition, max_messages, timeout_ms, formatter,
                    out, config) -> int:
     from pylog.client.consumer import AsyncConsumer, TopicPartition
@@ -412,10 +422,7 @@ async def _consume(topic, bootstrap, start, partition, max_messages, timeout_ms,
     config.setdefault("client_id", "pylog-cli")
     config["auto_offset_reset"] = "earliest" if start == "earliest" else "latest"
     async with AsyncConsumer(bootstrap, **config) as consumer:
-        metadata = await consumer.cluster.topic(topic, must_exist=False)
-        if metadata.error_code:
-            raise UnknownTopicOrPartitionError(ErrorCode(metadata.error_code),
-                                               f"topic {topic!r}")
+        metadata = await _existing_topic(consumer, topic)
         if partition is not None and partition not in metadata.partitions:
             raise UnknownTopicOrPartitionError(
                 ErrorCode.UNKNOWN_TOPIC_OR_PARTITION,

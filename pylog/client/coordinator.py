@@ -44,6 +44,9 @@ class OffsetAndMetadata(NamedTuple):
     metadata: str = ""
 
 
+_Fetched = tuple[OffsetAndMetadata | None, int]  # (committed or None, error code)
+
+
 async def find_coordinator(cluster: Cluster, group_id: str, *, timeout_ms: int,
                            retry_backoff_ms: int = 100) -> BrokerMetadata:
     """The broker coordinating ``group_id``; retriable errors are retried until
@@ -175,7 +178,7 @@ class CoordinatorLink:
         return {tp: codes.get(tp, 3) for tp in offsets}
 
     async def offset_fetch(self, partitions: list[tuple[str, int]] | None
-                           ) -> tuple[int, dict[tuple[str, int], tuple[OffsetAndMetadata | None, int]]]:
+                           ) -> tuple[int, dict[tuple[str, int], _Fetched]]:
         """OffsetFetch once: (group-level error code, {tp: (committed or None, error code)}).
         ``partitions`` None asks for every partition the group committed (OffsetFetch v2+)."""
         if partitions is None:

@@ -519,7 +519,7 @@ class GroupMembership:
         self._reset_member()
         self.state = UNJOINED
         self.rejoin_needed = True
-        if not member_id or self.group_instance_id is not None or not self.link.known:
+        if not member_id or self.group_instance_id is not None:
             return
         try:
             answer = await self.link.request(ApiKey.LEAVE_GROUP, {
@@ -546,8 +546,14 @@ class GroupMembership:
     async def _cancel_rebalance(self) -> None:
         task = self._rebalance
         if task is not None:
+            joining = self.state == JOINING
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
+            if joining:
+                # The coordinator answers a connection's requests in order and holds a
+                # JoinGroup until the rebalance completes: a LeaveGroup must not queue
+                # behind the abandoned one, so it goes on a new connection.
+                self.link.mark_unknown("a join was abandoned")
 
     async def close(self) -> None:
         """Commit (auto-commit), revoke, leave, stop heartbeating, close the connection."""

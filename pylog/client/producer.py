@@ -123,6 +123,10 @@ class AsyncProducer:
 
     ``await start()`` (or ``async with``) first; ``fut = await send(...)`` then
     ``await fut`` gives a ``RecordMetadata``; ``await flush()``; ``await close()``.
+
+    ``acks`` defaults to "all" and ``enable_idempotence`` to None: idempotent unless acks,
+    retries or max_in_flight rule it out (True makes those conflicts a ValueError, False turns
+    it off). ``idempotent``, ``producer_id`` and ``producer_epoch`` tell what was decided.
     """
 
     def __init__(self, bootstrap: str | Iterable[str] = "127.0.0.1:9092", *,

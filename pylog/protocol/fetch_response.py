@@ -96,6 +96,12 @@ def encode_fetch_response(correlation_id: int, api_version: int,
     return parts
 
 
+def _part_size(part) -> int:
+    """Wire size of one records part: a buffer's bytes, or the length of a file region
+    (pylog.broker.file_region, sent with sendfile), which is sized but not a buffer."""
+    return part.nbytes if isinstance(part, memoryview) else len(part)
+
+
 def _encode(correlation_id: int, api_version: int, responses: Sequence[FetchTopicResponse],
             throttle_time_ms: int, error_code: int, session_id: int) -> list[Buffer]:
     parts: list[Buffer] = []
@@ -116,12 +122,12 @@ def _encode(correlation_id: int, api_version: int, responses: Sequence[FetchTopi
         for partition in topic.partitions:
             records_size = 0
             for part in partition.records:
-                records_size += memoryview(part).nbytes
+                records_size += _part_size(part)
             _write_partition(out, api_version, partition, records_size)
             if records_size:
                 parts.append(out)
                 total += len(out)
-                parts.extend(part for part in partition.records if memoryview(part).nbytes)
+                parts.extend(part for part in partition.records if _part_size(part))
                 total += records_size
                 out = bytearray()
     if out:

@@ -643,6 +643,14 @@ class Segment:
                     os.close(self._log_fd)
                     self._log_fd = seg.log_fd = -1
 
+    def dup_log_fd(self) -> int:
+        """A new descriptor of the .log (os.dup): it keeps the file's bytes readable after
+        this segment is closed or deleted (a sendfile in flight owns it and closes it).
+        ValueError if the segment is already closed."""
+        with self._lock:
+            self._check_open()
+            return os.dup(self._log_fd)
+
     def delete(self) -> None:
         """Close the segment and remove its three files."""
         self.close()

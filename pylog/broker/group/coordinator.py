@@ -305,8 +305,9 @@ class GroupCoordinator:
             self._loading.pop(partition, None)
             raise
         except Exception:
-            self.logger.exception("loading offsets partition %d failed: its groups stay "
-                                  "unavailable", partition)
+            self.logger.exception("loading offsets partition %d failed: its groups answer "
+                                  "NOT_COORDINATOR until the next metadata change retries",
+                                  partition)
             self._loading.pop(partition, None)
             return
         if self._loading.get(partition) is not asyncio.current_task():

@@ -213,7 +213,8 @@ class _Reader:
             raise RecordSchemaError(f"{what}: {left} bytes after the record")
 
 
-def decode_key(data: bytes | bytearray | memoryview) -> OffsetCommitKey | GroupMetadataKey | OtherKey:
+def decode_key(data: bytes | bytearray | memoryview
+               ) -> OffsetCommitKey | GroupMetadataKey | OtherKey:
     """What a ``__consumer_offsets`` key is. Keys of versions 3 and above are OtherKey (their
     bytes are not checked: they belong to record types pylog does not keep)."""
     reader = _Reader(data)

@@ -5,7 +5,9 @@ min_bytes or max_wait_ms, never past the HW for consumers, KIP-74's first whole 
 max_bytes and partition_max_bytes bounds, OFFSET_OUT_OF_RANGE only outside [log start, LEO]).
 The response is ``encode_fetch_response``'s list of buffers, in which each partition's records
 are the very buffer the log returned; the connection writes the list with ``writelines`` so the
-log bytes are never joined into a new bytes object.
+log bytes are never joined into a new bytes object. With ``fetch.send.mode=sendfile`` a
+partition's records are a FileRegion instead (pylog.broker.file_region), which the connection
+sends with sendfile straight from the segment file.
 
 Wire rules kept here (KAFKA-PROTOCOL.md §4): ``session_id`` is always 0 (no fetch sessions:
 every fetch is a full fetch, which KIP-227 allows a broker to insist on); a request naming a
@@ -60,7 +62,8 @@ class FetchHandler(Handler):
             max_wait_ms = max(0, int(body.max_wait.total_seconds() * _MS))
             results = await self.broker.replica_manager.fetch(
                 body.replica_id, max_wait_ms, body.min_bytes, body.max_bytes,
-                body.isolation_level, wanted)
+                body.isolation_level, wanted,
+                zero_copy=self.broker.config.fetch_send_mode == "sendfile")
         found = {(r.topic, r.partition): r for r in results}
         metrics = self.broker.metrics
         responses = []
@@ -75,7 +78,7 @@ class FetchHandler(Handler):
                         p.partition, refused.get(key, ErrorCode.UNKNOWN_SERVER_ERROR)))
                     continue
                 records = result.records
-                size = memoryview(records).nbytes if records else 0
+                size = len(records)  # bytes, or a FileRegion (fetch.send.mode=sendfile)
                 bytes_out += size
                 partitions.append(FetchPartitionResponse(
                     partition_index=p.partition, error_code=result.error_code,
