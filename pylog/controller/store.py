@@ -20,16 +20,14 @@ from __future__ import annotations
 import json
 import os
 
-import xxhash
 
 from pylog.controller.metadata import ClusterMetadata
-from pylog.storage.checkpoint import atomic_write
+from pylog.storage.checkpoint import atomic_write, seal, unseal
 
 __all__ = ["MetadataStore", "CorruptMetadataError", "METADATA_FILE_NAME", "STORE_FORMAT"]
 
 METADATA_FILE_NAME = "cluster-metadata"
 STORE_FORMAT = 1
-_CHECKSUM_PREFIX = b"xxh64 "
 
 
 class CorruptMetadataError(Exception):
@@ -70,21 +68,13 @@ class MetadataStore:
 def encode_metadata(md: ClusterMetadata) -> bytes:
     body = json.dumps({"format": STORE_FORMAT, "metadata": md.to_dict()},
                       separators=(",", ":"), sort_keys=True).encode("utf-8") + b"\n"
-    return body + _CHECKSUM_PREFIX + xxhash.xxh64_hexdigest(body).encode("ascii") + b"\n"
+    return seal(body)
 
 
 def decode_metadata(path: str, data: bytes) -> ClusterMetadata:
-    if not data.endswith(b"\n"):
-        raise CorruptMetadataError(path, "does not end with a newline (truncated?)")
-    checksum_start = data.rfind(b"\n", 0, len(data) - 1) + 1
-    body, checksum_line = data[:checksum_start], data[checksum_start:-1]
-    if not body or not checksum_line.startswith(_CHECKSUM_PREFIX):
-        raise CorruptMetadataError(path, "the last line is not an xxh64 checksum")
-    expected = checksum_line[len(_CHECKSUM_PREFIX):].decode("ascii", "replace")
-    actual = xxhash.xxh64_hexdigest(body)
-    if expected != actual:
-        raise CorruptMetadataError(path, f"checksum mismatch: file says {expected}, content "
-                                         f"hashes to {actual}")
+    body = unseal(path, data, CorruptMetadataError)
+    if not body:
+        raise CorruptMetadataError(path, "empty")
     try:
         document = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:

@@ -94,6 +94,29 @@ def atomic_write(path: str, data: bytes, *, durable: bool = True) -> None:
 # ---- the generic format -----------------------------------------------------------------------
 
 
+def seal(body: bytes) -> bytes:
+    """``body`` followed by its ``xxh64 <hex>`` line: the trailer every pylog metadata file
+    carries (checkpoints, producer-state snapshots, the controller's metadata file)."""
+    return body + _CHECKSUM_PREFIX + xxhash.xxh64_hexdigest(body).encode("ascii") + b"\n"
+
+
+def unseal(path: str, data: bytes, error: type[Exception] = None) -> bytes:
+    """The body of sealed bytes, after checking the trailer; raises ``error(path, reason)``
+    (CorruptCheckpointError by default) when it is missing or does not match."""
+    error = error or CorruptCheckpointError
+    if not data.endswith(b"\n"):
+        raise error(path, "does not end with a newline (truncated?)")
+    checksum_start = data.rfind(b"\n", 0, len(data) - 1) + 1
+    body, checksum_line = data[:checksum_start], data[checksum_start:-1]
+    if not checksum_line.startswith(_CHECKSUM_PREFIX):
+        raise error(path, "the last line is not an xxh64 checksum")
+    expected = checksum_line[len(_CHECKSUM_PREFIX):].decode("ascii", "replace")
+    actual = xxhash.xxh64_hexdigest(body)
+    if expected != actual:
+        raise error(path, f"checksum mismatch: file says {expected}, content hashes to {actual}")
+    return body
+
+
 def encode_checkpoint(version: int, entries: Iterable[Sequence[object]]) -> bytes:
     """The bytes of a checkpoint file holding ``entries`` (each a sequence of fields)."""
     lines = [" ".join(str(field) for field in entry) for entry in entries]
@@ -101,7 +124,7 @@ def encode_checkpoint(version: int, entries: Iterable[Sequence[object]]) -> byte
         if "\n" in line or "\r" in line:
             raise ValueError(f"checkpoint entry {line!r} contains a line break")
     body = f"{version}\n{len(lines)}\n".encode() + "".join(f"{line}\n" for line in lines).encode()
-    return body + _CHECKSUM_PREFIX + xxhash.xxh64_hexdigest(body).encode() + b"\n"
+    return seal(body)
 
 
 def write_checkpoint(path: str, version: int, entries: Iterable[Sequence[object]], *,
@@ -123,18 +146,7 @@ def read_checkpoint(path: str, version: int, fields: int) -> list[list[str]] | N
 
 def decode_checkpoint(path: str, data: bytes, version: int, fields: int) -> list[list[str]]:
     """Parse and verify checkpoint bytes; ``path`` only names the file in errors."""
-    if not data.endswith(b"\n"):
-        raise CorruptCheckpointError(path, "does not end with a newline (truncated?)")
-    checksum_start = data.rfind(b"\n", 0, len(data) - 1) + 1
-    checksum_line = data[checksum_start:-1]
-    body = data[:checksum_start]
-    if not checksum_line.startswith(_CHECKSUM_PREFIX):
-        raise CorruptCheckpointError(path, "the last line is not an xxh64 checksum")
-    expected = checksum_line[len(_CHECKSUM_PREFIX):].decode("ascii", "replace")
-    actual = xxhash.xxh64_hexdigest(body)
-    if expected != actual:
-        raise CorruptCheckpointError(path, f"checksum mismatch: file says {expected}, "
-                                           f"content hashes to {actual}")
+    body = unseal(path, data)
     try:
         lines = body.decode("utf-8").split("\n")[:-1]
     except UnicodeDecodeError as e:
