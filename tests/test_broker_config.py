@@ -134,7 +134,8 @@ def test_every_known_key_is_accepted(tmp_path):
                "advertised.listeners": "PLAINTEXT://[::1]:9092", "host.name": "localhost",
                "advertised.host.name": "h", "control.host": "127.0.0.1",
                "auto.create.topics.enable": "true", "fsync": "always",
-               "log.flush.interval.messages": "1", "log.flush.interval.ms": "5"}
+               "log.flush.interval.messages": "1", "log.flush.interval.ms": "5",
+               "fetch.send.mode": "sendfile"}
     for key in sorted(KNOWN_KEYS):
         value = samples.get(key, "1000000")
         if key in ("node.id", "broker.id", "num.partitions", "default.replication.factor",

@@ -49,6 +49,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import os
 import sys
 import time
 from collections import deque
@@ -70,6 +71,10 @@ log = logging.getLogger("pylog.broker.connection")
 _SCRATCH_BYTES = 4096
 # Python 3.12's selector transport queues writelines' buffers as they are (sendmsg).
 _SCATTER_WRITELINES = sys.version_info >= (3, 12)
+# Selector socket transports mark themselves sendfile-capable with this (asyncio's own
+# loop.sendfile checks the same attribute); TLS and other transports do not.
+_SENDFILE_NATIVE = getattr(getattr(asyncio, "constants", None), "_SendfileMode",
+                           None) and asyncio.constants._SendfileMode.TRY_NATIVE
 
 
 class _Slot:
@@ -99,12 +104,40 @@ def write_buffers(transport: asyncio.WriteTransport, buffers: list) -> list:
     ``writelines`` joins them first, so there each buffer is written on its own: the transport
     sends it directly while the socket takes it, and copies only what the socket did not take.
     """
+    start = 0
     for i, part in enumerate(buffers):
         if type(part) is FileRegion:
-            _write_list(transport, buffers[:i])
-            return buffers[i:]
-    _write_list(transport, buffers)
+            _write_list(transport, buffers[start:i])
+            if not _sendfile_now(transport, part):
+                return buffers[i:]
+            part.close()
+            start = i + 1
+    _write_list(transport, buffers[start:] if start else buffers)
     return []
+
+
+def _sendfile_now(transport: asyncio.WriteTransport, region: FileRegion) -> bool:
+    """Fast path: os.sendfile ``region`` straight to the socket if the transport is a plain
+    selector socket transport with nothing queued (what it would write next is exactly this).
+    True if all of it went; else False with what went consumed from the region (the socket
+    is full, the file ended early, or an error the transport will meet and report)."""
+    if (getattr(transport, "_sendfile_compatible", None) is not _SENDFILE_NATIVE
+            or transport.is_closing() or transport.get_write_buffer_size()):
+        return False
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return False
+    out = sock.fileno()
+    while True:
+        try:
+            sent = os.sendfile(out, region.fd, region.position, region.length)
+        except OSError:  # EAGAIN: the rest waits for the socket; others: the async path
+            return False
+        if sent == region.length:
+            return True
+        if sent == 0:  # the file ended early: the async path finds it and closes
+            return False
+        region.consume(sent)
 
 
 def _write_list(transport: asyncio.WriteTransport, buffers: list) -> None:

@@ -46,6 +46,13 @@ class FileRegion:
     def __len__(self) -> int:
         return self.length
 
+    def consume(self, sent: int) -> None:
+        """``sent`` bytes of the front went out: the region is the rest (never empty)."""
+        if not 0 <= sent < self.length:
+            raise ValueError(f"consumed {sent} of a {self.length}-byte region")
+        self.position += sent
+        self.length -= sent
+
     @property
     def closed(self) -> bool:
         return self.fd < 0
