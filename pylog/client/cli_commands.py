@@ -203,7 +203,7 @@ def produce(topic, bootstrap, key_separator, acks, partition, headers, compressi
 
     header_list = [(k, v.encode()) for k, v in _parse_pairs(headers, "--header")]
     separator = key_separator.encode() if key_separator else None
-    stdin = click.get_binary_stream("stdin")
+    stdin = sys.stdin.buffer
 
     async def run() -> tuple[int, int, BaseException | None]:
         counts = {"ok": 0, "failed": 0}
@@ -317,7 +317,7 @@ def consume(topic, bootstrap, group_id, from_beginning, offset, partition, max_m
     formatter = RecordFormat(fmt)
     start = _start_offset(offset, from_beginning)
     config = _consumer_properties(properties)
-    out = click.get_binary_stream("stdout")
+    out = sys.stdout.buffer
     if group_id is not None:
         if partition is not None:
             raise click.UsageError("--partition and --group exclude each other: the group "
