@@ -221,11 +221,17 @@ class AsyncAdmin:
                     if not exc.retriable:
                         raise
                     error = exc
-                if time.monotonic() + self.retry_backoff_ms / 1000 >= deadline:
-                    raise error
-                await asyncio.sleep(self.retry_backoff_ms / 1000)
+                await self._back_off_or_raise(error, deadline)
         finally:
             await link.close()
+
+    async def _back_off_or_raise(self, error: KafkaError, deadline: float) -> None:
+        """Wait retry_backoff_ms before the next try of a coordinator request, or raise
+        ``error`` when that wait would pass ``deadline`` (a time.monotonic() value)."""
+        backoff = self.retry_backoff_ms / 1000
+        if time.monotonic() + backoff >= deadline:
+            raise error
+        await asyncio.sleep(backoff)
 
     async def describe_groups(self, group_ids: str | Iterable[str]) -> list[GroupDescription]:
         """State, protocol and members of each group (a group the coordinator does not know
@@ -301,9 +307,7 @@ class AsyncAdmin:
                     if not exc.retriable:
                         raise
                     error = exc
-                if time.monotonic() + self.retry_backoff_ms / 1000 >= deadline:
-                    raise error
-                await asyncio.sleep(self.retry_backoff_ms / 1000)
+                await self._back_off_or_raise(error, deadline)
         finally:
             await link.close()
 
